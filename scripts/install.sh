@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Install sedna-sam and everything its tests and the local pipeline need, from scratch:
+#   .venv/     the product (torch + torchvision as one matching pair, then this package)
+#   .venv-ls/  Label Studio in its own venv (it pins Django and many packages)
+#   chromium   Debian's browser, for the one browser test (root only; skipped otherwise)
+# Safe to rerun: finished steps are quick no-ops.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+export PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_INPUT=1
+quiet() { "$@" 2>&1 | grep -vE "^WARNING: Location|^\s*$" || true; return "${PIPESTATUS[0]}"; }
+
+TORCH_SPEC=${SEDNA_SAM_TORCH:-"torch==2.14.1 torchvision==0.29.1"}
+LS_SPEC=${SEDNA_SAM_LS_SPEC:-"label-studio==1.23.2"}
+
+[ -x .venv/bin/python ] || "$PY" -m venv .venv
+echo "[install] torch pair: $TORCH_SPEC"
+# shellcheck disable=SC2086
+quiet .venv/bin/pip install -q $TORCH_SPEC
+echo "[install] sedna-sam[all,dev]"
+quiet .venv/bin/pip install -q -e ".[all,dev]"
+
+if [ -z "${SEDNA_SAM_SKIP_LS:-}" ]; then
+  [ -x .venv-ls/bin/python ] || "$PY" -m venv .venv-ls
+  echo "[install] $LS_SPEC in .venv-ls"
+  # shellcheck disable=SC2086
+  quiet .venv-ls/bin/pip install -q $LS_SPEC
+fi
+
+if [ -z "${SEDNA_SAM_SKIP_BROWSER:-}" ] && ! command -v chromium >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "[install] chromium (Debian package)"
+    quiet apt-get update -q
+    DEBIAN_FRONTEND=noninteractive quiet apt-get install -y -q --no-install-recommends chromium
+  else
+    echo "[install] chromium not installed and not root: the browser test will fail; install Debian's chromium"
+  fi
+fi
+echo "[install] done: activate with 'source .venv/bin/activate'"

@@ -1,0 +1,3 @@
+from sedna_sam.cli import main
+
+raise SystemExit(main())

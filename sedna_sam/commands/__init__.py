@@ -1,0 +1,25 @@
+"""CLI subcommand modules: each has ``register(subparsers)``; see :mod:`sedna_sam.cli`."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_dataset_dir(parser: argparse.ArgumentParser, required: bool = True) -> None:
+    parser.add_argument(
+        "--dataset-dir",
+        "--dataset_dir",
+        dest="dataset_dir",
+        required=required,
+        help="dataset root holding raw_data/, ssa_output/, ls_data/, train_ids/",
+    )
+
+
+def add_config_path(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--config-path",
+        "--config_path",
+        dest="config_path",
+        default=None,
+        help="labels config JSON (id2label), or a dataset name: cityscapes (default), foggy_driving, ade20k",
+    )

@@ -1,0 +1,47 @@
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+here = Path(__file__).parent
+
+# torch and torchvision must be installed as a matching pair before this package
+# (see README); they are not pinned here so that pip never swaps the user's build.
+core = [
+    "numpy>=1.24",
+    "opencv-python-headless>=4.8",
+    "pillow>=10",
+    "pycocotools>=2.0.7",
+    "tqdm>=4.66",
+    "fsspec>=2023.6",
+]
+extras = {
+    "sam": ["torch>=2.1", "torchvision>=0.16", "segment-anything>=1.0", "transformers>=4.40"],
+    "ls": ["label-studio-sdk>=2.0,<3", "requests>=2.31"],
+    "edge": ["torch>=2.1", "transformers>=4.40", "s3fs>=2023.6"],
+    "cloud": ["torch>=2.1", "transformers>=4.40", "s3fs>=2023.6", "requests>=2.31"],
+    "k8s": ["pyyaml>=6", "jsonschema>=4.17"],
+    "dev": [
+        "pytest>=7.4",
+        "ruff>=0.5",
+        "moto[server]>=5",
+        "playwright>=1.40",
+        "pyyaml>=6",
+        "jsonschema>=4.17",
+    ],
+}
+extras["all"] = sorted({req for name, reqs in extras.items() if name != "dev" for req in reqs})
+
+setup(
+    name="sedna-sam",
+    version="0.1.0",
+    description="SAM pre-annotation, Label Studio correction and Sedna lifelong learning "
+    "for semantic segmentation on KubeEdge",
+    long_description=(here / "README.md").read_text(encoding="utf-8") if (here / "README.md").exists() else "",
+    long_description_content_type="text/markdown",
+    python_requires=">=3.9",
+    packages=find_packages(include=["sedna_sam", "sedna_sam.*"]),
+    install_requires=core,
+    extras_require=extras,
+    entry_points={"console_scripts": ["sedna-sam=sedna_sam.cli:main"]},
+    license="Apache-2.0",
+)
