@@ -1,0 +1,172 @@
+"""Open-vocabulary labels: a tiny CLIP saved and loaded like a real checkpoint.
+
+A random-weight CLIP says nothing about images, so the labelling tests first teach a tiny
+CLIP four colour words ("red thing", ...) for a few seconds, save it with
+``save_pretrained`` and load it back through :func:`load_clip`. That model is real enough
+to check the plumbing end to end: label names from a labels JSON, crops around masks,
+and the closed-set/open-vocabulary combination.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from sedna_sam.annotate.openvocab import (
+    build_tiny_clip,
+    closed_set_votes,
+    combine_closed_open,
+    load_clip,
+    mask_crops,
+)
+from sedna_sam.errors import SednaSamError
+
+COLOURS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 40, 220), "yellow": (230, 220, 30)}
+
+
+def _teach_colours(clip, steps: int = 60, seed: int = 0) -> None:
+    """Contrastive steps on solid-colour squares of random size/position vs colour prompts."""
+    import torch
+
+    rng = np.random.default_rng(seed)
+    torch.manual_seed(seed)
+    names = list(COLOURS)
+    tokens = clip.tokenizer([f"a photo of a {n} thing." for n in names], padding=True, return_tensors="pt")
+    opt = torch.optim.Adam(clip.model.parameters(), lr=3e-3)
+    mean = torch.tensor(clip.mean).view(1, 3, 1, 1)
+    std = torch.tensor(clip.std).view(1, 3, 1, 1)
+    s = clip.image_size
+    clip.model.train()
+    for _ in range(steps):
+        k = rng.integers(0, len(names), 32)
+        imgs = np.full((32, s, s, 3), 127, np.uint8)
+        for i, kk in enumerate(k):
+            side = int(rng.integers(s // 4, s + 1))
+            oy, ox = rng.integers(0, s - side + 1, 2)
+            colour = np.array(COLOURS[names[kk]]) + rng.integers(-25, 25, 3)
+            imgs[i, oy : oy + side, ox : ox + side] = np.clip(colour, 0, 255)
+        x = (torch.from_numpy(imgs).permute(0, 3, 1, 2).float() / 255 - mean) / std
+        img_f = clip.model.get_image_features(pixel_values=x)
+        txt_f = clip.model.get_text_features(**tokens)
+        img_f = torch.nn.functional.normalize(getattr(img_f, "pooler_output", img_f), dim=-1)
+        txt_f = torch.nn.functional.normalize(getattr(txt_f, "pooler_output", txt_f), dim=-1)
+        loss = torch.nn.functional.cross_entropy(
+            clip.model.logit_scale.exp() * img_f @ txt_f.T, torch.from_numpy(k)
+        )
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    clip.model.eval()
+
+
+@pytest.fixture(scope="module")
+def colour_clip_dir(tmp_path_factory):
+    """A tiny CLIP that knows four colour words, saved like a downloaded checkpoint."""
+    out = build_tiny_clip(
+        tmp_path_factory.mktemp("clip") / "colour-clip", words=[f"{c} thing" for c in COLOURS]
+    )
+    clip = load_clip(out, device="cpu")
+    _teach_colours(clip)
+    clip.model.save_pretrained(out)
+    return out
+
+
+def blobs_image(h: int = 96, w: int = 160) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """A grey image with a red, a green and a blue rectangle -> (image, masks (3, H, W), colours)."""
+    image = np.full((h, w, 3), 110, np.uint8)
+    masks = np.zeros((3, h, w), bool)
+    boxes = {"red": (10, 10, 50, 60), "green": (20, 70, 70, 110), "blue": (40, 115, 90, 155)}
+    for i, (colour, (y0, x0, y1, x1)) in enumerate(boxes.items()):
+        image[y0:y1, x0:x1] = COLOURS[colour]
+        masks[i, y0:y1, x0:x1] = True
+    return image, masks, list(boxes)
+
+
+def test_tiny_clip_is_a_real_checkpoint(tmp_path):
+    out = build_tiny_clip(tmp_path / "tiny-clip")
+    assert (out / "config.json").is_file() and (out / "model.safetensors").is_file()
+    assert (out / "tokenizer.json").is_file()
+    clip = load_clip(str(out), device="cpu")
+    assert clip.source == str(out.resolve())
+    # Words outside the learned vocabulary still tokenize (byte-level BPE), never to <unk>.
+    ids = clip.tokenizer("a photo of a scooter.")["input_ids"]
+    assert clip.tokenizer.unk_token_id not in ids[1:-1]
+    image, masks, _ = blobs_image()
+    crops = mask_crops(image, masks, clip.image_size)
+    probs = clip.class_probabilities(crops, ["road", "scooter", "road works"])
+    assert probs.shape == (3, 3)
+    np.testing.assert_allclose(probs.sum(1), 1.0, rtol=1e-5)
+
+
+def test_load_clip_errors_name_the_problem(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(SednaSamError, match="no config.json"):
+        load_clip(tmp_path / "empty", device="cpu")
+    with pytest.raises(SednaSamError, match="huggingface-cli download"):
+        load_clip("openai/clip-vit-base-patch32-not-cached", device="cpu")
+
+
+def test_mask_crops_keep_the_object_and_grey_out_the_rest():
+    image, masks, _ = blobs_image()
+    image[masks[0]] = (220, 30, 30)
+    crops = mask_crops(image, masks, 32, context=0.25)
+    assert crops.shape == (3, 32, 32, 3) and crops.dtype == np.uint8
+    centre = crops[0, 12:20, 12:20].reshape(-1, 3)
+    assert (centre == (220, 30, 30)).all()
+    assert (crops[0, 0, 0] == 127).all()  # context margin outside the mask is grey
+    empty = mask_crops(image, np.zeros((1, 96, 160), bool), 32)
+    assert (empty == 127).all()
+
+
+def test_closed_set_votes_match_counting():
+    ids = np.zeros((10, 10), np.int64)
+    ids[:, 5:] = 3
+    masks = np.zeros((3, 10, 10), bool)
+    masks[0, :, :4] = True  # all class 0
+    masks[1, :, 3:] = True  # 10 px of class 0, 50 of class 3
+    top, share = closed_set_votes(ids, masks)
+    assert top.tolist() == [0, 3, -1]
+    np.testing.assert_allclose(share, [1.0, 50 / 70, 0.0])
+
+
+def test_combine_rules():
+    names = ["car", "road", "scooter"]
+    probs = np.array(
+        [
+            [0.1, 0.8, 0.1],  # closed sure (car), CLIP disagrees with a known class -> closed stands
+            [0.2, 0.7, 0.1],  # closed unsure -> CLIP's road
+            [0.1, 0.1, 0.8],  # CLIP confident about a class the closed set does not know -> scooter
+            [0.1, 0.5, 0.4],  # closed voted a class not in the label list -> CLIP
+        ]
+    )
+    labels, branch = combine_closed_open(
+        ["car", "car", "car", "wall"], np.array([0.9, 0.3, 0.95, 0.9]), probs, names, {"car", "road", "wall"}
+    )
+    assert labels == ["car", "road", "scooter", "road"]
+    assert branch == ["closed", "open", "open", "open"]
+
+
+def test_colour_clip_labels_follow_the_labels_config(colour_clip_dir, tmp_path):
+    """Adding a class to the labels JSON is all it takes for it to be used."""
+    from sedna_sam.labels import load_labels
+
+    image, masks, truth = blobs_image()
+    clip = load_clip(colour_clip_dir, device="cpu")
+    crops = mask_crops(image, masks, clip.image_size)
+
+    two = tmp_path / "two.json"
+    two.write_text(json.dumps({"0": "red thing", "1": "green thing"}))
+    labels = load_labels(two)
+    probs = clip.class_probabilities(crops, labels.names)
+    got = [labels.names[k] for k in probs.argmax(1)]
+    assert got[:2] == ["red thing", "green thing"]
+    assert got[2] in ("red thing", "green thing")  # blue has no name yet
+
+    three = tmp_path / "three.json"
+    three.write_text(json.dumps({"0": "red thing", "1": "green thing", "2": "blue thing"}))
+    labels = load_labels(three)
+    probs = clip.class_probabilities(crops, labels.names)
+    assert [labels.names[k] for k in probs.argmax(1)] == [f"{c} thing" for c in truth]
+    assert probs[2, 2] > 0.5
