@@ -170,3 +170,43 @@ def test_colour_clip_labels_follow_the_labels_config(colour_clip_dir, tmp_path):
     probs = clip.class_probabilities(crops, labels.names)
     assert [labels.names[k] for k in probs.argmax(1)] == [f"{c} thing" for c in truth]
     assert probs[2, 2] > 0.5
+
+
+@pytest.fixture(scope="module")
+def red_everywhere_segformer_dir(tmp_path_factory):
+    """A closed-set model (tiny Segformer, 2 classes) that is sure every pixel is "red thing":
+    its classifier bias is set so, a real checkpoint saved and loaded like any other."""
+    import torch
+
+    from sedna_sam.labels import LabelSet
+    from sedna_sam.segformer import save_segformer, tiny_segformer
+
+    model = tiny_segformer(LabelSet.from_names(["red thing", "green thing"]))
+    with torch.no_grad():
+        model.decode_head.classifier.bias[:] = torch.tensor([50.0, -50.0])
+    return save_segformer(model, tmp_path_factory.mktemp("segformer") / "red", input_size=(64, 64))
+
+
+def test_segformer_plus_clip_closed_first_open_where_needed(colour_clip_dir, red_everywhere_segformer_dir):
+    from sedna_sam.annotate.openvocab import ClipLabeler, SegformerClipLabeler
+    from sedna_sam.labels import LabelSet
+
+    image, masks, _ = blobs_image()
+    labels = LabelSet.from_names(["red thing", "green thing", "blue thing"])  # blue: new class
+    combined = SegformerClipLabeler(labels, colour_clip_dir, red_everywhere_segformer_dir, device="cpu")
+    ids = combined.label_masks(image, masks)
+    # red: closed set sure and right; green: closed set sure (and wrong), CLIP's known class
+    # does not overrule it; blue: a class the closed set cannot know, CLIP is confident.
+    assert [labels.id2label[i] for i in ids] == ["red thing", "red thing", "blue thing"]
+    assert combined.last_branches == ["closed", "closed", "open"]
+
+    # A closed set that is never sure enough leaves every mask to CLIP.
+    unsure = SegformerClipLabeler(labels, colour_clip_dir, combined.semantic, device="cpu", min_share=1.01)
+    assert [labels.id2label[i] for i in unsure.label_masks(image, masks)] == [
+        "red thing",
+        "green thing",
+        "blue thing",
+    ]
+    clip_only = ClipLabeler(labels, combined.open.clip)
+    assert clip_only.label_masks(image, masks).tolist() == [0, 1, 2]
+    assert clip_only.label_masks(image, masks[:0]).shape == (0,)

@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from sedna_sam.errors import SednaSamError
+from sedna_sam.labels import LabelSet
 
 log = logging.getLogger(__name__)
 
@@ -337,3 +338,97 @@ def build_tiny_clip(
     )
     processor.save_pretrained(out_dir)
     return out_dir
+
+
+# --- labelers ---------------------------------------------------------------------------
+
+
+def _as_clip(clip: Clip | str | Path, device: str | None) -> Clip:
+    return clip if isinstance(clip, Clip) else load_clip(clip, device)
+
+
+class ClipLabeler:
+    """Labels every mask with the label name CLIP finds closest to its crop.
+
+    The names are the labels config's (``labels.names``), read when the labeler is made:
+    a class added to the config is a new prompt, no retraining.
+    """
+
+    def __init__(
+        self,
+        labels: LabelSet,
+        clip: Clip | str | Path,
+        device: str | None = None,
+        templates: Sequence[str] = DEFAULT_TEMPLATES,
+        context: float = 0.1,
+    ) -> None:
+        self.labels = labels
+        self.clip = _as_clip(clip, device)
+        self.templates = tuple(templates)
+        self.context = context
+
+    def probabilities(self, image: np.ndarray, masks: np.ndarray) -> np.ndarray:
+        """(N, K) CLIP probabilities over ``labels.names`` for (N, H, W) bool masks."""
+        if len(masks) == 0:
+            return np.zeros((0, len(self.labels)))
+        crops = mask_crops(image, masks, self.clip.image_size, self.context)
+        return self.clip.class_probabilities(crops, self.labels.names, self.templates)
+
+    def label_masks(self, image: np.ndarray, masks: np.ndarray) -> np.ndarray:
+        """(N,) class ids (of ``labels``) for (N, H, W) bool masks over an (H, W, 3) image."""
+        ids = np.array(self.labels.ids, dtype=np.int64)
+        return ids[self.probabilities(image, masks).argmax(1)] if len(masks) else ids[:0]
+
+
+class SegformerClipLabeler:
+    """Closed-set vote first (SSA's rule on Segformer's per-pixel classes); CLIP only where
+    the vote is unsure (share < ``min_share``) or for label names Segformer does not know
+    (see :func:`combine_closed_open`). CLIP runs only on the masks that need it when every
+    label name is known to the closed set.
+
+    ``last_branches`` holds, after each call, "closed" or "open" per mask (for logs/tests).
+    """
+
+    def __init__(
+        self,
+        labels: LabelSet,
+        clip: Clip | str | Path,
+        semantic,
+        device: str | None = None,
+        min_share: float = 0.6,
+        min_open_prob: float = 0.5,
+        templates: Sequence[str] = DEFAULT_TEMPLATES,
+    ) -> None:
+        from sedna_sam.segformer import load_segformer
+
+        self.labels = labels
+        self.open = ClipLabeler(labels, clip, device, templates)
+        self.semantic = semantic if hasattr(semantic, "predict_ids") else load_segformer(semantic, device)
+        self.closed_names = self.semantic.id2label  # closed-set id -> name
+        self.min_share = min_share
+        self.min_open_prob = min_open_prob
+        self.last_branches: list[str] = []
+
+    def label_masks(
+        self, image: np.ndarray, masks: np.ndarray, semantic_ids: np.ndarray | None = None
+    ) -> np.ndarray:
+        """(N,) class ids (of ``labels``); ``semantic_ids`` (H, W) may be passed when the
+        caller already ran the closed-set model on this image."""
+        if semantic_ids is None:
+            semantic_ids = self.semantic.predict_ids(image)
+        top, share = closed_set_votes(semantic_ids, masks)
+        closed = [self.closed_names.get(int(t)) if t >= 0 else None for t in top]
+        names = self.labels.names
+        known = set(self.closed_names.values()) & set(names)
+        unknown = set(names) - known
+        need = [i for i, c in enumerate(closed) if unknown or c not in known or share[i] < self.min_share]
+        probs = np.zeros((len(masks), len(names)))
+        if need:
+            probs[need] = self.open.probabilities(image, masks[need])
+        # Masks CLIP did not look at keep the closed vote (their probs row is all zero).
+        chosen, branches = combine_closed_open(
+            closed, share, probs, names, known, self.min_share, self.min_open_prob
+        )
+        label2id = self.labels.label2id
+        self.last_branches = branches
+        return np.array([label2id[c] for c in chosen], dtype=np.int64)

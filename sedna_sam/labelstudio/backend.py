@@ -218,6 +218,11 @@ class InteractiveSam:
     def cached(self, key: str) -> bool:
         return key in self._cache
 
+    def clear(self) -> None:
+        """Forget every cached embedding (the next click on any image re-embeds it)."""
+        with self._lock:
+            self._cache.clear()
+
     def _use(self, key: str, load_image: Callable[[], np.ndarray]) -> bool:
         """Make ``key``'s embedding the predictor's current one; True if it was cached."""
         emb = self._cache.get(key)
