@@ -1,0 +1,398 @@
+"""Health checks for a node or pod that runs one sedna-sam role, each saying what to fix.
+
+A check is a plain function ``check(ctx) -> list[CheckResult]`` registered in
+:data:`CHECKS`; a role is the list of check names in :data:`ROLE_CHECKS`. Checks only
+read the environment and touch the outside world (files, the store, Label Studio, the
+GPU) in the smallest way that proves it works; they never print secret values.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import socket
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Callable
+
+from sedna_sam.registry import Registry
+
+OK, WARN, FAIL = "OK", "WARN", "FAIL"
+SEDNA_LIB_INSTALL = (
+    'pip install --no-deps "git+https://github.com/kubeedge/sedna.git@v0.6.0#subdirectory=lib" '
+    "(as Dockerfile.cloud does)"
+)
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    name: str
+    status: str  # OK | WARN | FAIL
+    detail: str
+    fix: str = ""
+
+
+@dataclass
+class DoctorContext:
+    """What the checks look at: the role, its environment and the resources to probe."""
+
+    role: str
+    env: Mapping[str, str] = field(default_factory=lambda: dict(os.environ))
+    model_paths: list[str] = field(default_factory=list)
+    ls_url: str | None = None
+    ls_token: str | None = None
+    store_url: str | None = None
+    timeout_s: float = 5.0
+
+
+@dataclass(frozen=True)
+class RoleEnv:
+    """Env names a role's worker needs (``required``) or uses when given (``optional``),
+    and those naming local directories it writes to (``writable_dirs``)."""
+
+    required: tuple[str, ...] = ()
+    optional: tuple[str, ...] = ()
+    writable_dirs: tuple[str, ...] = ()
+    model_urls: tuple[str, ...] = ()
+
+
+# Env the Sedna global manager hands every worker, and what each worker kind gets on top
+# (DESIGN.md section 5, read from kubeedge/sedna). "cloud" (the annotation service) is not
+# a Sedna worker: it is a plain Deployment.
+SEDNA_WORKER_ENV = ("NAMESPACE", "JOB_NAME", "WORKER_NAME", "LC_SERVER")
+ROLE_ENV: dict[str, RoleEnv] = {
+    "edge": RoleEnv(
+        required=SEDNA_WORKER_ENV,
+        optional=("MODEL_URLS", "KB_SERVER", "unseen_save_url", "INFERENCE_RESULT_DIR"),
+        writable_dirs=("unseen_save_url", "INFERENCE_RESULT_DIR"),
+        model_urls=("MODEL_URLS",),
+    ),
+    "cloud": RoleEnv(optional=("LABEL_STUDIO_URL", "LABEL_STUDIO_API_KEY")),
+    "train": RoleEnv(
+        required=(*SEDNA_WORKER_ENV, "TRAIN_DATASET_URL", "OUTPUT_URL"),
+        optional=("ORIGINAL_DATASET_URL", "HAS_COMPLETED_INITIAL_TRAINING", "CLOUD_KB_INDEX", "KB_SERVER"),
+        writable_dirs=("OUTPUT_URL",),
+    ),
+    "eval": RoleEnv(
+        required=(*SEDNA_WORKER_ENV, "MODEL_URLS", "TEST_DATASET_URL", "OUTPUT_URL"),
+        optional=("ORIGINAL_DATASET_URL", "KB_SERVER"),
+        writable_dirs=("OUTPUT_URL",),
+        model_urls=("MODEL_URLS",),
+    ),
+}
+
+CheckFn = Callable[[DoctorContext], "list[CheckResult]"]
+CHECKS: Registry[CheckFn] = Registry("doctor check")
+
+ROLE_CHECKS: dict[str, list[str]] = {
+    "edge": ["sedna-env", "sedna-lib", "dirs", "models", "store", "gpu"],
+    "cloud": ["models", "label-studio", "store", "gpu"],
+    "train": ["sedna-env", "sedna-lib", "dirs", "store", "gpu"],
+    "eval": ["sedna-env", "sedna-lib", "dirs", "models", "gpu"],
+}
+
+
+def under_sedna(env: Mapping[str, str]) -> bool:
+    """True when the process was started by a Sedna job (the GM sets these two)."""
+    return bool(env.get("JOB_NAME") and env.get("WORKER_NAME"))
+
+
+def split_urls(value: str) -> list[str]:
+    """Sedna's MODEL_URLS may name several models separated by ';' or ','."""
+    return [part.strip() for part in value.replace(",", ";").split(";") if part.strip()]
+
+
+def is_local(url: str) -> bool:
+    return "://" not in url or url.startswith("file://")
+
+
+def local_path(url: str) -> str:
+    return url[len("file://") :] if url.startswith("file://") else url
+
+
+@CHECKS.register("sedna-env")
+def check_sedna_env(ctx: DoctorContext) -> list[CheckResult]:
+    spec = ROLE_ENV[ctx.role]
+    in_job = under_sedna(ctx.env)
+    missing = [name for name in spec.required if not ctx.env.get(name)]
+    if not missing:
+        return [CheckResult("sedna env", OK, f"{len(spec.required)} required variables set")]
+    if in_job:
+        return [
+            CheckResult(
+                "sedna env",
+                FAIL,
+                f"missing in this Sedna worker: {', '.join(missing)}",
+                "set them in the LifelongLearningJob template's env (manifests/) or check the "
+                "Sedna global manager's version",
+            )
+        ]
+    return [
+        CheckResult(
+            "sedna env",
+            WARN,
+            f"not started by Sedna (no JOB_NAME/WORKER_NAME); unset: {', '.join(missing)}",
+            "fine for a local run (pass the paths as options); in a pod, create it from the "
+            "LifelongLearningJob in manifests/",
+        )
+    ]
+
+
+@CHECKS.register("sedna-lib")
+def check_sedna_lib(ctx: DoctorContext) -> list[CheckResult]:
+    if importlib.util.find_spec("sedna") is None:
+        return [
+            CheckResult(
+                "sedna lib",
+                WARN,
+                "Sedna's Python lib is not installed: the worker runs standalone",
+                SEDNA_LIB_INSTALL,
+            )
+        ]
+    try:
+        found = importlib.util.find_spec("sedna.core.lifelong_learning") is not None
+    except ImportError:  # a `sedna` module that is not a package (the unrelated PyPI one)
+        found = False
+    if not found:
+        return [
+            CheckResult(
+                "sedna lib",
+                FAIL,
+                "a module named `sedna` is installed but it is not KubeEdge Sedna (no sedna.core)",
+                "pip uninstall sedna (the PyPI `sedna` is an unrelated package), then " + SEDNA_LIB_INSTALL,
+            )
+        ]
+    return [CheckResult("sedna lib", OK, "kubeedge/sedna lib importable (sedna.core.lifelong_learning)")]
+
+
+@CHECKS.register("dirs")
+def check_dirs(ctx: DoctorContext) -> list[CheckResult]:
+    results = []
+    for name in ROLE_ENV[ctx.role].writable_dirs:
+        value = ctx.env.get(name)
+        if not value or not is_local(value):
+            continue  # unset, or a store URL: the store check covers remote writes
+        results.append(probe_local_dir(f"dir {name}", local_path(value), name))
+    return results
+
+
+def probe_local_dir(label: str, path: str, source: str) -> CheckResult:
+    try:
+        os.makedirs(path, exist_ok=True)
+        probe = os.path.join(path, f".sedna-sam-doctor-{uuid.uuid4().hex}")
+        with open(probe, "wb") as fh:
+            fh.write(b"ok")
+        os.remove(probe)
+    except OSError as exc:
+        return CheckResult(
+            label,
+            FAIL,
+            f"{path} ({source}) is not writable: {exc.strerror or exc}",
+            "mount a writable volume there (hostPath/PVC) and run the pod with an fsGroup that owns it",
+        )
+    return CheckResult(label, OK, f"{path} writable")
+
+
+@CHECKS.register("models")
+def check_models(ctx: DoctorContext) -> list[CheckResult]:
+    urls = list(ctx.model_paths)
+    for name in ROLE_ENV[ctx.role].model_urls:
+        urls.extend(split_urls(ctx.env.get(name, "")))
+    if not urls:
+        status = WARN if ctx.role in ("edge", "cloud") else FAIL
+        return [
+            CheckResult(
+                "models",
+                status,
+                "no model file given (--model PATH, or MODEL_URLS from Sedna)",
+                "mount the checkpoints and pass --model, or fetch them with `sedna-sam models download`",
+            )
+        ]
+    return [probe_model(url) for url in urls]
+
+
+def probe_model(url: str) -> CheckResult:
+    """A model file (or a Hugging Face model directory) exists, is readable and not empty."""
+    from sedna_sam.storage import url_filesystem
+
+    label = f"model {os.path.basename(url.rstrip('/')) or url}"
+    try:
+        fs, path = url_filesystem(url)
+        if not fs.exists(path):
+            return CheckResult(
+                label, FAIL, f"{url} does not exist", "check the path/URL and the volume mount"
+            )
+        if fs.isdir(path):
+            names = [os.path.basename(p) for p in fs.ls(path, detail=False)]
+            if "config.json" not in names:
+                return CheckResult(
+                    label,
+                    FAIL,
+                    f"{url} is a directory without config.json",
+                    "point at a saved model directory",
+                )
+            return CheckResult(label, OK, f"{url} (model directory, {len(names)} files)")
+        size = fs.size(path)
+        with fs.open(path, "rb") as fh:
+            fh.read(16)
+    except (OSError, ValueError, ImportError) as exc:
+        return CheckResult(
+            label, FAIL, f"{url} cannot be read: {exc}", "check permissions and store credentials"
+        )
+    if not size:
+        return CheckResult(label, FAIL, f"{url} is empty", "download it again (`sedna-sam models download`)")
+    return CheckResult(label, OK, f"{url} readable ({size / 1e6:.1f} MB)")
+
+
+@CHECKS.register("label-studio")
+def check_label_studio(ctx: DoctorContext) -> list[CheckResult]:
+    url = (ctx.ls_url or ctx.env.get("LABEL_STUDIO_URL") or "").rstrip("/")
+    token = ctx.ls_token or ctx.env.get("LABEL_STUDIO_API_KEY")
+    if not url:
+        return [
+            CheckResult(
+                "label studio", FAIL, "no Label Studio URL", "set LABEL_STUDIO_URL (or pass --ls-url)"
+            )
+        ]
+    try:
+        http_get(f"{url}/health", None, ctx.timeout_s)
+    except OSError as exc:
+        return [
+            CheckResult(
+                "label studio",
+                FAIL,
+                f"{url} not reachable: {exc}",
+                "check the Service name/port and that the Label Studio pod is Ready",
+            )
+        ]
+    if not token:
+        return [
+            CheckResult(
+                "label studio",
+                FAIL,
+                f"{url} reachable, but no API token",
+                "set LABEL_STUDIO_API_KEY from the secret (key LABEL_STUDIO_API_KEY)",
+            )
+        ]
+    try:
+        who = json.loads(http_get(f"{url}/api/current-user/whoami", token, ctx.timeout_s))
+    except urllib.error.HTTPError as exc:
+        return [
+            CheckResult(
+                "label studio",
+                FAIL,
+                f"{url} rejected the token (HTTP {exc.code})",
+                "use the token of a Label Studio user (Account & Settings) and start Label Studio "
+                "with legacy tokens enabled (LABEL_STUDIO_ENABLE_LEGACY_API_TOKEN=true)",
+            )
+        ]
+    except (OSError, ValueError) as exc:
+        return [CheckResult("label studio", FAIL, f"{url} whoami failed: {exc}", "check Label Studio's logs")]
+    user = who.get("email") or who.get("username") or "?"
+    return [CheckResult("label studio", OK, f"{url} answers, token accepted (user {user})")]
+
+
+def http_get(url: str, token: str | None, timeout_s: float) -> bytes:
+    request = urllib.request.Request(url, headers={"Authorization": f"Token {token}"} if token else {})
+    with urllib.request.urlopen(request, timeout=timeout_s) as response:
+        return response.read()
+
+
+@CHECKS.register("store")
+def check_store(ctx: DoctorContext) -> list[CheckResult]:
+    url = ctx.store_url
+    if not url:
+        return [
+            CheckResult(
+                "store",
+                WARN,
+                "no store given, not checked",
+                "pass --store URL (the directory or s3:// URL the edge ships flagged samples to)",
+            )
+        ]
+    from sedna_sam.storage import url_filesystem
+
+    probe_name = f".sedna-sam-doctor/{socket.gethostname()}-{uuid.uuid4().hex}"
+    try:
+        fs, root = url_filesystem(url)
+        probe = f"{root.rstrip('/')}/{probe_name}"
+        if is_local(url):
+            os.makedirs(os.path.dirname(probe), exist_ok=True)
+        fs.pipe_file(probe, b"ok")
+        read_back = fs.cat_file(probe)
+        fs.rm_file(probe)
+    except Exception as exc:  # fsspec backends raise their own types (botocore, PermissionError)
+        fix = (
+            "check S3_ENDPOINT_URL, ACCESS_KEY_ID/SECRET_ACCESS_KEY and the bucket"
+            if not is_local(url)
+            else ("mount a writable volume there")
+        )
+        return [CheckResult("store", FAIL, f"{url} not writable: {type(exc).__name__}: {exc}", fix)]
+    if read_back != b"ok":
+        return [CheckResult("store", FAIL, f"{url} returned other bytes than written", "check the store")]
+    return [CheckResult("store", OK, f"{url} writable (wrote, read back, removed a probe)")]
+
+
+@CHECKS.register("gpu")
+def check_gpu(ctx: DoctorContext) -> list[CheckResult]:
+    try:
+        import torch
+    except ImportError:
+        return [
+            CheckResult("gpu", FAIL, "torch is not installed", "install the torch/torchvision pair (README)")
+        ]
+    if torch.cuda.is_available():
+        names = ", ".join(torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count()))
+        return [CheckResult("gpu", OK, f"{torch.cuda.device_count()} CUDA device(s): {names}")]
+    if ctx.role == "edge":
+        return [
+            CheckResult("gpu", OK, f"CPU inference (torch {torch.__version__}); no GPU needed on the edge")
+        ]
+    return [
+        CheckResult(
+            "gpu",
+            WARN,
+            f"no CUDA GPU visible (torch {torch.__version__}, CUDA build: {torch.version.cuda or 'no'}): "
+            "this role falls back to the CPU and is slow",
+            "request nvidia.com/gpu in the pod, install the NVIDIA device plugin, use the CUDA image "
+            "(Dockerfile.cloud)",
+        )
+    ]
+
+
+def run_checks(ctx: DoctorContext) -> list[CheckResult]:
+    """Run the role's checks in order; a check that crashes is reported, not raised."""
+    results: list[CheckResult] = []
+    for name in ROLE_CHECKS[ctx.role]:
+        try:
+            results.extend(CHECKS.get(name)(ctx))
+        except Exception as exc:  # a doctor must report, never die on the thing it diagnoses
+            results.append(
+                CheckResult(name, FAIL, f"check crashed: {type(exc).__name__}: {exc}", "report a bug")
+            )
+    return results
+
+
+def exit_code(results: list[CheckResult]) -> int:
+    return 1 if any(r.status == FAIL for r in results) else 0
+
+
+def format_table(results: list[CheckResult]) -> str:
+    """A fixed-width table; each non-OK row is followed by its fix."""
+    width = max([len("CHECK")] + [len(r.name) for r in results])
+    lines = [f"{'CHECK':<{width}}  STATUS  DETAIL"]
+    for r in results:
+        lines.append(f"{r.name:<{width}}  {r.status:<6}  {r.detail}")
+        if r.status != OK and r.fix:
+            lines.append(f"{'':<{width}}  {'':<6}  -> fix: {r.fix}")
+    counts = {s: sum(r.status == s for r in results) for s in (OK, WARN, FAIL)}
+    lines.append(f"{counts[OK]} ok, {counts[WARN]} warning(s), {counts[FAIL]} failure(s)")
+    return "\n".join(lines)
+
+
+def format_json(results: list[CheckResult]) -> str:
+    return json.dumps([asdict(r) for r in results], indent=2)
