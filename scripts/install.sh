@@ -36,4 +36,14 @@ if [ -z "${SEDNA_SAM_SKIP_BROWSER:-}" ] && ! command -v chromium >/dev/null 2>&1
     echo "[install] chromium not installed and not root: the browser test will fail; install Debian's chromium"
   fi
 fi
+# kubectl renders the kustomize overlays offline in tests/test_manifests.py (no cluster needed).
+if [ -z "${SEDNA_SAM_SKIP_KUBECTL:-}" ] && ! command -v kubectl >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "[install] kubectl (Debian package)"
+    quiet apt-get update -q
+    DEBIAN_FRONTEND=noninteractive quiet apt-get install -y -q --no-install-recommends kubectl
+  else
+    echo "[install] kubectl not installed and not root: the manifest tests will be skipped; install kubectl"
+  fi
+fi
 echo "[install] done: activate with 'source .venv/bin/activate'"
