@@ -527,6 +527,13 @@ def connect_backend(
 
 
 def _raise_for(resp, doing: str) -> None:
+    if resp.status_code == 403 and "reserved network address" in resp.text:
+        # Label Studio 1.23 refuses ML backends (and the webhook it adds for them) on
+        # loopback/private addresses unless both switches are off.
+        raise SednaSamError(
+            f"{doing}: Label Studio refuses ML backends on local/private addresses (this machine, a "
+            "cluster Service); start it with ML_BLOCK_LOCAL_IP=false and SSRF_PROTECTION_ENABLED=false"
+        )
     if resp.status_code in (401, 403):
         raise SednaSamError(f"{doing}: Label Studio refused the token (HTTP {resp.status_code})")
     if resp.status_code >= 400:

@@ -1,0 +1,345 @@
+"""Interactive SAM backend: Label Studio's ML-backend protocol, against the real server.
+
+The end-to-end tests connect the backend to a project of the Label Studio fixture and ask
+Label Studio itself for an interactive prediction (``POST /api/ml/{id}/interactive-annotating``,
+what the editor calls for a smart keypoint or box): Label Studio builds the /predict request
+and forwards our answer. SAM is a tiny random-weight checkpoint, so the masks mean nothing;
+coordinates are checked against SAM's own predictor run on the same pixel prompt.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import urllib.error
+import urllib.request
+
+import numpy as np
+import pytest
+
+from sedna_sam.labels import LabelSet
+from sedna_sam.labelstudio.backend import (
+    Controls,
+    ImageSource,
+    InteractiveSam,
+    SamBackend,
+    connect_backend,
+    controls_from_config,
+    interactive_labeling_config_xml,
+    make_server,
+    polygon_results,
+    prompt_from_context,
+)
+
+LABELS = LabelSet.from_names(["road", "car", "scooter"])
+W, H = 160, 96  # not square: a swapped x/y or width/height shows
+
+
+def keypoint(x: float, y: float, label: str = "car", positive: bool = True) -> dict:
+    """A smart-keypoint region as the Label Studio editor sends it (percent coordinates)."""
+    return {
+        "id": f"kp{x:.0f}",
+        "from_name": "click",
+        "to_name": "image",
+        "type": "keypointlabels",
+        "origin": "manual",
+        "original_width": W,
+        "original_height": H,
+        "image_rotation": 0,
+        "is_positive": positive,
+        "value": {"x": x, "y": y, "width": 0.6, "keypointlabels": [label]},
+    }
+
+
+def rectangle(x: float, y: float, w: float, h: float, label: str = "scooter") -> dict:
+    return {
+        "id": "box1",
+        "from_name": "box",
+        "to_name": "image",
+        "type": "rectanglelabels",
+        "origin": "manual",
+        "original_width": W,
+        "original_height": H,
+        "image_rotation": 0,
+        "value": {"x": x, "y": y, "width": w, "height": h, "rotation": 0, "rectanglelabels": [label]},
+    }
+
+
+def scene() -> np.ndarray:
+    """(H, W, 3) uint8: dark background, a bright car-sized block, a striped block."""
+    rng = np.random.default_rng(3)
+    img = (rng.random((H, W, 3)) * 40).astype(np.uint8)
+    img[20:60, 30:90] = (200, 40, 40)
+    img[50:90, 110:150, :] = 230
+    img[50:90:4, 110:150, :] = 20
+    return img
+
+
+@pytest.fixture(scope="module")
+def tiny_sam(tmp_path_factory):
+    """A reduced-size SAM checkpoint file, loaded through the same loader as real weights."""
+    from sedna_sam.models import build_tiny_sam, load_sam
+
+    ckpt = build_tiny_sam(tmp_path_factory.mktemp("sam") / "sam_tiny.pth")
+    return load_sam(ckpt, device="cpu")
+
+
+def reference_mask(sam, image: np.ndarray, points=None, labels=None, box=None) -> np.ndarray:
+    """SAM's own predictor on a pixel prompt, best predicted IoU (what the backend must match)."""
+    from segment_anything import SamPredictor
+
+    predictor = SamPredictor(sam)
+    predictor.set_image(image)
+    multi = points is not None and len(points) == 1 and box is None
+    masks, scores, _ = predictor.predict(
+        point_coords=points, point_labels=labels, box=box, multimask_output=multi
+    )
+    return masks[int(np.argmax(scores))]
+
+
+def percent_polygons(mask: np.ndarray, controls: Controls) -> list[list[list[float]]]:
+    return [r["value"]["points"] for r in polygon_results(mask, "x", controls, min_area_px=4)]
+
+
+# --- pure parts ----------------------------------------------------------------------
+
+
+def test_prompt_from_context_converts_percent_to_pixels():
+    ctx = [keypoint(25.0, 50.0), keypoint(75.0, 12.5, positive=False), rectangle(10.0, 20.0, 50.0, 25.0)]
+    prompt = prompt_from_context(ctx, W, H, "image")
+    np.testing.assert_allclose(prompt.points, [[40.0, 48.0], [120.0, 12.0]])
+    assert prompt.point_labels.tolist() == [1, 0]
+    np.testing.assert_allclose(prompt.box, [16.0, 19.2, 96.0, 43.2])
+    assert prompt.label == "car"
+    assert prompt_from_context([{"type": "polygonlabels", "value": {}}], W, H) is None
+    assert prompt_from_context([keypoint(5, 5) | {"to_name": "other"}], W, H, "image") is None
+
+
+def test_polygon_results_are_percent_of_the_image():
+    controls = Controls("label", "image", "image", ("car",))
+    mask = np.zeros((H, W), bool)
+    mask[24:48, 40:120] = True  # x 25%..75%, y 25%..50%
+    (region,) = polygon_results(mask, "car", controls)
+    assert region["type"] == "polygonlabels" and region["value"]["polygonlabels"] == ["car"]
+    assert (region["from_name"], region["to_name"]) == ("label", "image")
+    assert (region["original_width"], region["original_height"]) == (W, H)
+    pts = np.array(region["value"]["points"])
+    # Exactly the geometry's pixel polygon scaled by 100/W and 100/H ...
+    from sedna_sam.geometry import polygons_from_mask
+
+    (pixels,) = polygons_from_mask(mask, tolerance_px=1.0, min_area_px=25)
+    np.testing.assert_allclose(pts, np.asarray(pixels) * [100 / W, 100 / H], atol=1e-4)
+    # ... which puts the corners within a pixel of the rectangle's edges.
+    px, py = 1.01 * 100 / W, 1.01 * 100 / H
+    assert abs(pts[:, 0].min() - 25.0) <= px and abs(pts[:, 0].max() - 75.0) <= px
+    assert abs(pts[:, 1].min() - 25.0) <= py and abs(pts[:, 1].max() - 50.0) <= py
+
+
+def test_interactive_config_pairs_polygons_with_smart_tools():
+    xml = interactive_labeling_config_xml(LABELS)
+    controls = controls_from_config(xml)
+    assert controls == Controls("label", "image", "image", ("road", "car", "scooter"))
+    import xml.etree.ElementTree as ET
+
+    root = ET.fromstring(xml)
+    for tag in ("KeyPointLabels", "RectangleLabels"):
+        (el,) = root.iter(tag)
+        assert el.get("smart") == "true" and el.get("toName") == "image"
+        assert [lbl.get("value") for lbl in el.iter("Label")] == list(LABELS.names)
+
+
+def test_embedding_cache_is_bounded_and_counted(tiny_sam):
+    image = scene()
+    calls = []
+    hook = tiny_sam.image_encoder.register_forward_hook(lambda *a: calls.append(1))
+    try:
+        engine = InteractiveSam(tiny_sam, cache_size=1)
+        prompt = prompt_from_context([keypoint(40, 40)], W, H)
+        engine.segment("a", lambda: image, prompt)
+        engine.segment("a", lambda: pytest.fail("cached image must not be read again"), prompt)
+        engine.segment("b", lambda: image, prompt)  # evicts "a"
+        engine.segment("a", lambda: image, prompt)
+    finally:
+        hook.remove()
+    assert len(calls) == engine.encoder_calls == 3
+
+
+def test_image_source_reads_document_root_files(tmp_path):
+    from sedna_sam.images import write_png
+
+    write_png(tmp_path / "raw" / "f.png", scene())
+    source = ImageSource(ls_url=None, token=None, document_root=str(tmp_path))
+    np.testing.assert_array_equal(source.load("/data/local-files/?d=raw/f.png"), scene())
+    np.testing.assert_array_equal(source.load(str(tmp_path / "raw" / "f.png")), scene())
+    with pytest.raises(Exception, match="no Label Studio URL"):
+        source.load("/data/local-files/?d=raw/missing.png")
+
+
+# --- HTTP server ------------------------------------------------------------------------
+
+
+@pytest.fixture()
+def backend_factory(tiny_sam):
+    servers = []
+
+    def start(images: ImageSource, cache_size: int = 4) -> tuple[str, SamBackend]:
+        # min_area_px=4: a random-weight SAM's masks are speckled; keep the specks so the
+        # polygon comparisons below are never between two empty lists.
+        engine = InteractiveSam(tiny_sam, cache_size=cache_size)
+        backend = SamBackend(engine, images, model_version="sam-tiny", min_area_px=4)
+        server = make_server(backend, "127.0.0.1", 0)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        servers.append(server)
+        return f"http://127.0.0.1:{server.server_address[1]}", backend
+
+    yield start
+    for server in servers:
+        server.shutdown()
+        server.server_close()
+
+
+def post(url: str, body, raw: bytes | None = None) -> tuple[int, dict]:
+    data = raw if raw is not None else json.dumps(body).encode()
+    req = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"}, method="POST")
+    try:
+        with urllib.request.urlopen(req, timeout=60) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+def test_http_routes_and_errors(backend_factory, tmp_path):
+    from sedna_sam.images import write_png
+
+    write_png(tmp_path / "f.png", scene())
+    url, _ = backend_factory(ImageSource())
+    with urllib.request.urlopen(url + "/health", timeout=10) as resp:
+        assert json.loads(resp.read())["status"] == "UP"
+    assert post(
+        url + "/setup", {"project": "3.1700000000", "schema": interactive_labeling_config_xml(LABELS)}
+    ) == (
+        200,
+        {"model_version": "sam-tiny"},
+    )
+    assert post(url + "/webhook", {"action": "ANNOTATION_CREATED"})[0] == 200
+    code, body = post(url + "/predict", None, raw=b"{not json")
+    assert code == 400 and "error" in body
+    task = {"id": 1, "data": {"image": str(tmp_path / "f.png")}}
+    request = {"tasks": [task], "project": "9.1", "params": {"context": {"result": [keypoint(30, 40)]}}}
+    code, body = post(url + "/predict", request)  # project 9 never set up, no label_config
+    assert code == 400 and "label_config" in body["error"]
+    code, body = post(url + "/predict", request | {"project": "3.1700000000"})  # config from /setup
+    assert code == 200 and body["results"][0]["result"][0]["value"]["polygonlabels"] == ["car"]
+    code, body = post(
+        url + "/predict", request | {"label_config": "<View><Image name='i' value='$image'/></View>"}
+    )
+    assert code == 400 and "PolygonLabels" in body["error"]
+    missing = {"tasks": [{"id": 2, "data": {"image": str(tmp_path / "gone.png")}}]}
+    code, body = post(url + "/predict", request | missing | {"project": "3.1"})
+    assert code == 400 and "gone.png" in body["error"]
+    # Batch prediction requests (no context) get no regions: this backend is interactive only.
+    assert post(url + "/predict", {"tasks": [task], "params": {}})[1]["results"] == []
+
+
+# --- against the real Label Studio server -------------------------------------------------
+
+
+class LabelStudio:
+    """The few REST calls the test needs beside the product's client (set-up only)."""
+
+    def __init__(self, url: str, token: str) -> None:
+        import requests
+
+        self.url, self.session = url.rstrip("/"), requests.Session()
+        self.session.headers["Authorization"] = f"Token {token}"
+
+    def call(self, method: str, path: str, **kw):
+        resp = self.session.request(method, self.url + path, timeout=120, **kw)
+        assert resp.status_code < 400, f"{method} {path}: {resp.status_code} {resp.text[:300]}"
+        return resp.json() if resp.content else None
+
+
+@pytest.fixture(scope="module")
+def interactive_project(ls_server, tmp_path_factory):
+    """A project with the interactive config, a local-files storage and one imported task."""
+    from sedna_sam.images import write_png
+
+    image_dir = ls_server.document_root / "interactive"
+    write_png(image_dir / "frame.png", scene())
+    ls = LabelStudio(ls_server.url, ls_server.token)
+    project = ls.call(
+        "POST",
+        "/api/projects",
+        json={"title": "Interactive SAM", "label_config": interactive_labeling_config_xml(LABELS)},
+    )
+    ls.call(
+        "POST",
+        "/api/storages/localfiles",
+        json={"project": project["id"], "path": str(image_dir), "title": "frames", "use_blob_urls": False},
+    )
+    ls.call(
+        "POST",
+        f"/api/projects/{project['id']}/import",
+        json=[{"image": "/data/local-files/?d=interactive/frame.png"}],
+    )
+    (task,) = ls.call("GET", "/api/tasks", params={"project": project["id"]})["tasks"]
+    return ls, project["id"], task["id"]
+
+
+def test_label_studio_click_and_box_come_back_as_polygons(
+    ls_server, interactive_project, backend_factory, tiny_sam
+):
+    ls, project_id, task_id = interactive_project
+    # No URL, token or document root configured: the image comes through Label Studio's
+    # local-files URL with the hostname and token Label Studio hands over at /setup.
+    backend_url, backend = backend_factory(ImageSource())
+    ml = connect_backend(ls_server.url, ls_server.token, project_id, backend_url)
+    assert (
+        connect_backend(ls_server.url, ls_server.token, project_id, backend_url)["id"] == ml["id"]
+    )  # idempotent
+    assert ml["is_interactive"] and backend.images.token  # /setup reached the backend
+
+    calls = []
+    hook = tiny_sam.image_encoder.register_forward_hook(lambda *a: calls.append(1))
+    try:
+        timings = []
+        for ctx in ([keypoint(37.5, 50.0)], [keypoint(37.5, 50.0), keypoint(80.0, 70.0, positive=False)]):
+            t0 = time.perf_counter()
+            answer = ls.call(
+                "POST",
+                f"/api/ml/{ml['id']}/interactive-annotating",
+                json={"task": task_id, "context": {"result": ctx}},
+            )
+            timings.append(time.perf_counter() - t0)
+            assert "errors" not in answer, answer
+            regions = answer["data"]["result"]
+            assert answer["data"]["model_version"] == "sam-tiny"
+            assert regions and all(r["value"]["polygonlabels"] == ["car"] for r in regions)
+            assert {(r["from_name"], r["to_name"], r["type"]) for r in regions} == {
+                ("label", "image", "polygonlabels")
+            }
+            # Same prompt in pixels through SAM's own predictor -> the same polygons, in percent.
+            pts = np.array([[c["value"]["x"] * W / 100, c["value"]["y"] * H / 100] for c in ctx])
+            labels = np.array([1 if c["is_positive"] else 0 for c in ctx])
+            expected = reference_mask(tiny_sam, scene(), pts, labels)
+            controls = controls_from_config(interactive_labeling_config_xml(LABELS))
+            assert [r["value"]["points"] for r in regions] == percent_polygons(expected, controls)
+        encoder_runs_for_clicks = len(calls) - 2  # minus the two reference embeddings
+    finally:
+        hook.remove()
+    # The second click on the same task reused the embedding: one encoder run for two clicks.
+    assert encoder_runs_for_clicks == 1 and backend.sam.encoder_calls == 1
+    print(f"\nclick via Label Studio: first {timings[0]:.3f}s, second (cached) {timings[1]:.3f}s")
+
+    box = rectangle(15.0, 18.0, 45.0, 50.0)
+    answer = ls.call(
+        "POST",
+        f"/api/ml/{ml['id']}/interactive-annotating",
+        json={"task": task_id, "context": {"result": [box]}},
+    )
+    regions = answer["data"]["result"]
+    assert regions and all(r["value"]["polygonlabels"] == ["scooter"] for r in regions)
+    expected = reference_mask(tiny_sam, scene(), box=np.array([24.0, 17.28, 96.0, 65.28]))
+    assert [r["value"]["points"] for r in regions] == percent_polygons(expected, controls)
+    assert backend.sam.encoder_calls == 1
