@@ -1,0 +1,256 @@
+"""Sedna's worker contract in one place: env names per role, the optional lib, plug-ins.
+
+Sedna's global manager starts each LifelongLearningJob worker (train, eval, deploy =
+inference) with env variables; container ``env`` entries of the job templates arrive
+the same way. Every sedna-sam worker reads them through :func:`get_param`, which looks
+a name up as given and then upper-cased, exactly like Sedna's
+``Context.get_parameters`` (so ``unseen_save_url`` and ``UNSEEN_SAVE_URL`` both work).
+
+Sedna's Python lib is optional: it is installed from the kubeedge/sedna repository's
+``lib/`` directory in our Docker images (``pip install sedna`` gets an unrelated
+package). :func:`sedna_lib` try-imports it; :func:`register_utd_plugin` registers a
+corner-case scorer as a Sedna unseen-sample-recognition (``ClassType.UTD``) plug-in
+when it is present.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import logging
+import os
+import socket
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class EnvVar:
+    """One env name a worker reads: what it means, Sedna's default, whether it is secret."""
+
+    name: str
+    meaning: str
+    default: str | None = None
+    secret: bool = False
+
+
+# Every name any sedna-sam role reads, with what it means (DESIGN.md section 5; the
+# defaults are those of kubeedge/sedna lib/sedna/common/config.py and
+# core/lifelong_learning/knowledge_management/edge_knowledge_management.py).
+ENV: dict[str, EnvVar] = {
+    v.name: v
+    for v in (
+        # all Sedna workers
+        EnvVar("NAMESPACE", "Kubernetes namespace of the job"),
+        EnvVar("JOB_NAME", "LifelongLearningJob name", "sedna"),
+        EnvVar("WORKER_NAME", "this worker's name (set by the global manager)"),
+        EnvVar("LC_SERVER", "Sedna local controller URL", "http://127.0.0.1:9100"),
+        EnvVar("KB_SERVER", "Sedna knowledge-base server URL"),
+        EnvVar("DATA_PATH_PREFIX", "prefix of dataset paths inside the pod", "/home/data"),
+        EnvVar("BACKEND_TYPE", "ML framework for Sedna's backend (PYTORCH for us)", "TENSORFLOW"),
+        EnvVar("DEVICE_CATEGORY", "CPU or GPU", "CPU"),
+        EnvVar("LOG_LEVEL", "DEBUG, INFO, WARNING, ERROR", "INFO"),
+        # object store (MinIO or any S3-compatible store), read by Sedna's FileOps and by us
+        EnvVar("S3_ENDPOINT_URL", "S3-compatible endpoint URL for s3:// paths"),
+        EnvVar("ACCESS_KEY_ID", "S3 access key (from a Secret)", secret=True),
+        EnvVar("SECRET_ACCESS_KEY", "S3 secret key (from a Secret)", secret=True),
+        # train
+        EnvVar("TRAIN_DATASET_URL", "txt dataset index of the samples to train on"),
+        EnvVar("ORIGINAL_DATASET_URL", "the Dataset CR's url (original index)"),
+        EnvVar("OUTPUT_URL", "job output directory (models, knowledge base)", "/tmp"),
+        EnvVar("HAS_COMPLETED_INITIAL_TRAINING", "'true' after the first training round", "false"),
+        EnvVar("CLOUD_KB_INDEX", "knowledge-base index of the previous round"),
+        # eval
+        EnvVar("TEST_DATASET_URL", "txt dataset index of the evaluation samples"),
+        # eval + inference
+        EnvVar("MODEL_URLS", "model(s) to evaluate / deploy; deploy: <outputDir>/deploy/index.pkl"),
+        # inference (template env of deploySpec; Sedna's lifelong examples read these)
+        EnvVar("unseen_save_url", "directory where unseen (corner-case) samples are kept"),
+        EnvVar("INFERENCE_RESULT_DIR", "directory for inference results", "./inference_results"),
+        EnvVar("MODEL_POLL_PERIOD_SECONDS", "how often the deployed model is checked for changes", "30"),
+        # ours, set by manifests/ (not Sedna names)
+        EnvVar("SEDNA_SAM_STORE", "cloud store URL the shipper uploads flagged samples to"),
+        EnvVar("NODE_NAME", "node name recorded in sample metadata (downward API spec.nodeName)"),
+    )
+}
+
+SEDNA_WORKER_ENV = ("NAMESPACE", "JOB_NAME", "WORKER_NAME", "LC_SERVER", "KB_SERVER")
+STORE_ENV = ("S3_ENDPOINT_URL", "ACCESS_KEY_ID", "SECRET_ACCESS_KEY")
+
+
+@dataclass(frozen=True)
+class RoleEnv:
+    """Env names a role reads: set by Sedna for its workers (``sedna``), needed to do the
+    work (``required``, when run by Sedna), and used when given (``optional``)."""
+
+    role: str
+    sedna: tuple[str, ...]
+    required: tuple[str, ...]
+    optional: tuple[str, ...]
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return self.sedna + self.required + self.optional
+
+
+ROLE_ENV: dict[str, RoleEnv] = {
+    "inference": RoleEnv(
+        "inference",
+        SEDNA_WORKER_ENV,
+        required=("MODEL_URLS",),
+        optional=(
+            "unseen_save_url",
+            "INFERENCE_RESULT_DIR",
+            "MODEL_POLL_PERIOD_SECONDS",
+            "SEDNA_SAM_STORE",
+            "NODE_NAME",
+            "BACKEND_TYPE",
+            "DEVICE_CATEGORY",
+            "LOG_LEVEL",
+            *STORE_ENV,
+        ),
+    ),
+    "train": RoleEnv(
+        "train",
+        SEDNA_WORKER_ENV,
+        required=("TRAIN_DATASET_URL", "OUTPUT_URL"),
+        optional=(
+            "ORIGINAL_DATASET_URL",
+            "HAS_COMPLETED_INITIAL_TRAINING",
+            "CLOUD_KB_INDEX",
+            "DATA_PATH_PREFIX",
+            "BACKEND_TYPE",
+            "DEVICE_CATEGORY",
+            "LOG_LEVEL",
+            *STORE_ENV,
+        ),
+    ),
+    "eval": RoleEnv(
+        "eval",
+        SEDNA_WORKER_ENV,
+        required=("MODEL_URLS", "TEST_DATASET_URL", "OUTPUT_URL"),
+        optional=(
+            "ORIGINAL_DATASET_URL",
+            "DATA_PATH_PREFIX",
+            "BACKEND_TYPE",
+            "DEVICE_CATEGORY",
+            "LOG_LEVEL",
+            *STORE_ENV,
+        ),
+    ),
+}
+ROLE_ENV["edge"] = ROLE_ENV["inference"]  # the name our CLI and doctor use for it
+
+
+def get_param(name: str, default: str | None = None, env: Mapping[str, str] | None = None) -> str | None:
+    """Value of env ``name`` (as given, then upper-cased), else ``default``.
+
+    Empty values count as unset, as in Sedna's ``Context.get_parameters``.
+    """
+    env = os.environ if env is None else env
+    value = env.get(name) or env.get(name.upper())
+    return value if value else default
+
+
+def read_role_env(role: str, env: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The env values a role reads that are set (secrets included: never log this dict;
+    log :func:`redacted` of it)."""
+    spec = role_env(role)
+    out = {}
+    for name in spec.names:
+        value = get_param(name, env=env)
+        if value is not None:
+            out[name] = value
+    return out
+
+
+def redacted(values: Mapping[str, str]) -> dict[str, str]:
+    """A copy safe to log: secret values replaced by ``***``."""
+    return {k: ("***" if ENV.get(k, EnvVar(k, "")).secret else v) for k, v in values.items()}
+
+
+def missing_env(role: str, env: Mapping[str, str] | None = None) -> list[str]:
+    """Names a Sedna worker of this role needs and does not have."""
+    spec = role_env(role)
+    return [n for n in spec.sedna[:4] + spec.required if get_param(n, env=env) is None]
+
+
+def role_env(role: str) -> RoleEnv:
+    try:
+        return ROLE_ENV[role]
+    except KeyError:
+        raise ValueError(f"unknown role {role!r}; choose one of: {', '.join(sorted(ROLE_ENV))}") from None
+
+
+def under_sedna(env: Mapping[str, str] | None = None) -> bool:
+    """True when a Sedna job started this process (the global manager sets both)."""
+    return bool(get_param("JOB_NAME", env=env) and get_param("WORKER_NAME", env=env))
+
+
+def split_urls(value: str) -> list[str]:
+    """Sedna's MODEL_URLS may name several models separated by ';' or ','."""
+    return [part.strip() for part in value.replace(",", ";").split(";") if part.strip()]
+
+
+def node_name(env: Mapping[str, str] | None = None) -> str:
+    """Name of the node this worker runs on: NODE_NAME (downward API), else the host name
+    (edge pods run with hostNetwork, so that is the node's)."""
+    return get_param("NODE_NAME", env=env) or socket.gethostname() or "unknown-node"
+
+
+def model_poll_seconds(env: Mapping[str, str] | None = None) -> float:
+    """Sedna's MODEL_POLL_PERIOD_SECONDS (default 30); bad values fall back to 30 like Sedna."""
+    raw = get_param("MODEL_POLL_PERIOD_SECONDS", "30", env=env)
+    try:
+        value = float(raw)  # type: ignore[arg-type]
+    except ValueError:
+        value = 0
+    if value < 1:
+        log.warning("MODEL_POLL_PERIOD_SECONDS=%r is not a number >= 1; using 30", raw)
+        return 30.0
+    return value
+
+
+# --- the optional lib -------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=1)
+def sedna_lib() -> Any | None:
+    """The kubeedge/sedna lib's ``sedna`` package, or None when it is not installed.
+
+    A package named ``sedna`` without ``sedna.core.lifelong_learning`` (the unrelated
+    PyPI one) counts as absent, with a warning.
+    """
+    try:
+        module = importlib.import_module("sedna")
+        importlib.import_module("sedna.common.class_factory")
+    except ImportError:
+        return None
+    except Exception as exc:  # the lib imports many things at import time; report, don't crash
+        log.warning("the sedna lib is installed but fails to import (%s); running without it", exc)
+        return None
+    return module
+
+
+def sedna_available() -> bool:
+    return sedna_lib() is not None
+
+
+def register_utd_plugin(alias: str, cls: type) -> bool:
+    """Register ``cls`` with Sedna's ClassFactory as ``ClassType.UTD`` (unseen-sample
+    recognition) under ``alias``; idempotent. False when the lib is absent.
+
+    Sedna builds the plug-in as ``cls(task_index, estimator=..., **param)`` and calls it
+    with a ``BaseDataSource``; it must return ``(seen_samples, unseen_samples)``.
+    """
+    if not sedna_available():
+        return False
+    from sedna.common.class_factory import ClassFactory, ClassType  # type: ignore[import-not-found]
+
+    if not ClassFactory.is_exists(ClassType.UTD, alias):
+        ClassFactory.register_cls(cls, ClassType.UTD, alias=alias)
+        log.debug("registered Sedna UTD plug-in %s", alias)
+    return True
