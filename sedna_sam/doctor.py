@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Callable
 
 from sedna_sam.registry import Registry
+from sedna_sam.sedna_compat import get_param, missing_env, role_env, split_urls, under_sedna
 
 OK, WARN, FAIL = "OK", "WARN", "FAIL"
 SEDNA_LIB_INSTALL = (
@@ -49,41 +50,14 @@ class DoctorContext:
     timeout_s: float = 5.0
 
 
-@dataclass(frozen=True)
-class RoleEnv:
-    """Env names a role's worker needs (``required``) or uses when given (``optional``),
-    and those naming local directories it writes to (``writable_dirs``)."""
-
-    required: tuple[str, ...] = ()
-    optional: tuple[str, ...] = ()
-    writable_dirs: tuple[str, ...] = ()
-    model_urls: tuple[str, ...] = ()
-
-
-# Env the Sedna global manager hands every worker, and what each worker kind gets on top
-# (DESIGN.md section 5, read from kubeedge/sedna). "cloud" (the annotation service) is not
-# a Sedna worker: it is a plain Deployment.
-SEDNA_WORKER_ENV = ("NAMESPACE", "JOB_NAME", "WORKER_NAME", "LC_SERVER")
-ROLE_ENV: dict[str, RoleEnv] = {
-    "edge": RoleEnv(
-        required=SEDNA_WORKER_ENV,
-        optional=("MODEL_URLS", "KB_SERVER", "unseen_save_url", "INFERENCE_RESULT_DIR"),
-        writable_dirs=("unseen_save_url", "INFERENCE_RESULT_DIR"),
-        model_urls=("MODEL_URLS",),
-    ),
-    "cloud": RoleEnv(optional=("LABEL_STUDIO_URL", "LABEL_STUDIO_API_KEY")),
-    "train": RoleEnv(
-        required=(*SEDNA_WORKER_ENV, "TRAIN_DATASET_URL", "OUTPUT_URL"),
-        optional=("ORIGINAL_DATASET_URL", "HAS_COMPLETED_INITIAL_TRAINING", "CLOUD_KB_INDEX", "KB_SERVER"),
-        writable_dirs=("OUTPUT_URL",),
-    ),
-    "eval": RoleEnv(
-        required=(*SEDNA_WORKER_ENV, "MODEL_URLS", "TEST_DATASET_URL", "OUTPUT_URL"),
-        optional=("ORIGINAL_DATASET_URL", "KB_SERVER"),
-        writable_dirs=("OUTPUT_URL",),
-        model_urls=("MODEL_URLS",),
-    ),
+# Which env variables (the Sedna worker contract in sedna_sam.sedna_compat) name local
+# directories a role writes to, and model files it must read.
+WRITABLE_DIR_ENV: dict[str, tuple[str, ...]] = {
+    "edge": ("unseen_save_url", "INFERENCE_RESULT_DIR"),
+    "train": ("OUTPUT_URL",),
+    "eval": ("OUTPUT_URL",),
 }
+MODEL_ENV: dict[str, tuple[str, ...]] = {"edge": ("MODEL_URLS",), "eval": ("MODEL_URLS",)}
 
 CheckFn = Callable[[DoctorContext], "list[CheckResult]"]
 CHECKS: Registry[CheckFn] = Registry("doctor check")
@@ -96,16 +70,6 @@ ROLE_CHECKS: dict[str, list[str]] = {
 }
 
 
-def under_sedna(env: Mapping[str, str]) -> bool:
-    """True when the process was started by a Sedna job (the GM sets these two)."""
-    return bool(env.get("JOB_NAME") and env.get("WORKER_NAME"))
-
-
-def split_urls(value: str) -> list[str]:
-    """Sedna's MODEL_URLS may name several models separated by ';' or ','."""
-    return [part.strip() for part in value.replace(",", ";").split(";") if part.strip()]
-
-
 def is_local(url: str) -> bool:
     return "://" not in url or url.startswith("file://")
 
@@ -116,11 +80,11 @@ def local_path(url: str) -> str:
 
 @CHECKS.register("sedna-env")
 def check_sedna_env(ctx: DoctorContext) -> list[CheckResult]:
-    spec = ROLE_ENV[ctx.role]
+    missing = missing_env(ctx.role, ctx.env)
     in_job = under_sedna(ctx.env)
-    missing = [name for name in spec.required if not ctx.env.get(name)]
     if not missing:
-        return [CheckResult("sedna env", OK, f"{len(spec.required)} required variables set")]
+        spec = role_env(ctx.role)
+        return [CheckResult("sedna env", OK, f"{len(spec.sedna[:4] + spec.required)} required variables set")]
     if in_job:
         return [
             CheckResult(
@@ -172,8 +136,8 @@ def check_sedna_lib(ctx: DoctorContext) -> list[CheckResult]:
 @CHECKS.register("dirs")
 def check_dirs(ctx: DoctorContext) -> list[CheckResult]:
     results = []
-    for name in ROLE_ENV[ctx.role].writable_dirs:
-        value = ctx.env.get(name)
+    for name in WRITABLE_DIR_ENV.get(ctx.role, ()):
+        value = get_param(name, env=ctx.env)
         if not value or not is_local(value):
             continue  # unset, or a store URL: the store check covers remote writes
         results.append(probe_local_dir(f"dir {name}", local_path(value), name))
@@ -200,8 +164,8 @@ def probe_local_dir(label: str, path: str, source: str) -> CheckResult:
 @CHECKS.register("models")
 def check_models(ctx: DoctorContext) -> list[CheckResult]:
     urls = list(ctx.model_paths)
-    for name in ROLE_ENV[ctx.role].model_urls:
-        urls.extend(split_urls(ctx.env.get(name, "")))
+    for name in MODEL_ENV.get(ctx.role, ()):
+        urls.extend(split_urls(get_param(name, "", env=ctx.env) or ""))
     if not urls:
         status = WARN if ctx.role in ("edge", "cloud") else FAIL
         return [

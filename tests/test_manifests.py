@@ -30,17 +30,8 @@ PLACEHOLDERS = re.compile(
     r"EDGE_DATA_ROOT|DATASET_URL|STORE_URL|OUTPUT_DIR)\b"
 )
 
-# Env names Sedna's Python lib and global manager use (kubeedge/sedna lib/sedna/common/config.py
-# BaseConfig + Context, the lifelong-learning worker env in DESIGN.md section 5, and the
-# template env of Sedna's own lifelong-learning examples: unseen_save_url, INFERENCE_RESULT_DIR).
-SEDNA_ENV = {
-    "NAMESPACE", "JOB_NAME", "WORKER_NAME", "SERVICE_NAME", "LC_SERVER", "KB_SERVER",
-    "TRAIN_DATASET_URL", "ORIGINAL_DATASET_URL", "TEST_DATASET_URL", "OUTPUT_URL", "MODEL_URLS",
-    "MODEL_URL", "MODEL_NAME", "CLOUD_KB_INDEX", "HAS_COMPLETED_INITIAL_TRAINING", "BACKEND_TYPE",
-    "DEVICE_CATEGORY", "DATA_PATH_PREFIX", "PRETRAINED_MODEL_URL", "LOG_LEVEL", "S3_ENDPOINT_URL",
-    "ACCESS_KEY_ID", "SECRET_ACCESS_KEY", "PARAMETERS", "unseen_save_url", "INFERENCE_RESULT_DIR",
-}  # fmt: skip
-# What Sedna's global manager sets itself in each worker kind (never set by our templates).
+# What Sedna's global manager sets itself in each worker kind (DESIGN.md section 5; never set
+# by our templates). The names every role reads are sedna_sam.sedna_compat.ENV / ROLE_ENV.
 GM_ENV_ALL = {"NAMESPACE", "JOB_NAME", "WORKER_NAME", "LC_SERVER", "KB_SERVER"}
 GM_ENV = {
     "train": GM_ENV_ALL | {"TRAIN_DATASET_URL", "ORIGINAL_DATASET_URL", "OUTPUT_URL",
@@ -159,17 +150,11 @@ def env_read(node: ast.AST) -> tuple[str | None, bool]:
 
 
 def contract_env_names() -> set[str]:
-    """Env names listed in sedna_sam/sedna_compat.py's env contract (string constants that look
-    like env names), when that module exists."""
-    path = ROOT / "sedna_sam" / "sedna_compat.py"
-    if not path.exists():
-        return set()
-    names = set()
-    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-        if isinstance(node, ast.Constant) and isinstance(node.value, str):
-            if re.fullmatch(r"[A-Z][A-Z0-9_]{2,}|[a-z]+(_[a-z]+)+_url", node.value):
-                names.add(node.value)
-    return names
+    """Env names in the Sedna worker contract (sedna_sam.sedna_compat.ENV): Sedna's own and
+    ours that the workers read through sedna_compat.get_param (invisible to the AST scan)."""
+    from sedna_sam.sedna_compat import ENV
+
+    return set(ENV)
 
 
 def env_names(container: dict) -> list[str]:
@@ -306,7 +291,7 @@ def test_crd_schema_rejects_bad_objects():
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_env_set_in_templates_is_read_by_our_code_or_sedna(overlay):
     read, _ = code_env_reads()
-    known = {name for _, name in read} | SEDNA_ENV | contract_env_names()
+    known = {name for _, name in read} | contract_env_names()
     for where, role, c, _ in containers(f"overlays/{overlay}"):
         if role == "label-studio":
             continue
@@ -332,6 +317,18 @@ def test_env_read_without_default_is_set(overlay):
             f"{where}/{c['name']} ({role}) runs code that reads os.environ[...] without a default "
             f"for {missing}, and neither the template nor Sedna sets it"
         )
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_contract_required_env_is_set_by_sedna_or_the_template(overlay):
+    from sedna_sam.sedna_compat import role_env
+
+    for where, role, c, _ in containers(f"overlays/{overlay}"):
+        if role not in ("train", "eval", "edge"):
+            continue
+        spec = role_env(role)
+        missing = sorted(set(spec.sedna[:4] + spec.required) - set(env_names(c)) - GM_ENV[role])
+        assert not missing, f"{where}/{c['name']}: the {role} worker needs {missing}; nothing sets them"
 
 
 def test_env_scan_finds_reads():
@@ -491,6 +488,8 @@ def test_sedna_volumes_on_the_edge():
     for name in ("unseen_save_url", "INFERENCE_RESULT_DIR"):
         assert env[name] in mounts, f"{name}={env[name]} is not a mounted volume"
         assert "hostPath" in volumes[mounts[env[name]]], f"{name} must survive pod restarts (hostPath)"
+    node = next(e for e in edge["env"] if e["name"] == "NODE_NAME")
+    assert node["valueFrom"]["fieldRef"]["fieldPath"] == "spec.nodeName"
 
 
 # ---------------------------------------------------------------------------- secrets
