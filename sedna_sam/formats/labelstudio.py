@@ -1,0 +1,421 @@
+"""Label Studio tasks (what we import) and exports (what we read back), in one place.
+
+A task we write::
+
+    {"data": {"image": URL},
+     "predictions": [{"model_version": ..., "score": ..., "result": [polygon result, ...]}],
+     "meta": {"sedna_sam": {...options it was made with...}}}
+
+A polygon result (DESIGN.md section 4), points in percent of the image size, vertices on
+pixel corners (:mod:`sedna_sam.geometry`)::
+
+    {"id", "from_name": "label", "to_name": "image", "type": "polygonlabels",
+     "original_width": W, "original_height": H, "image_rotation": 0,
+     "value": {"points": [[x%, y%], ...], "polygonlabels": [name], "closed": true}}
+
+Exports come in two shapes, both read by :func:`read_export` into :class:`ExportedTask`:
+
+* full JSON: ``[{"id", "data": {"image"}, "annotations": [{"id", "result", "updated_at",
+  "was_cancelled", ...}], ...}]`` -- the latest non-cancelled annotation is used;
+* JSON-MIN: ``[{"image", "id", "<from_name>": [{"points", "polygonlabels",
+  "original_width", "original_height", ...}], "annotation_id", "updated_at", ...}]`` --
+  one record per annotation; the latest per task is used.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, quote, unquote, urlparse
+
+import numpy as np
+
+from sedna_sam.errors import InputError
+from sedna_sam.geometry import Region, polygon_area, regions_from_class_map
+from sedna_sam.labels import IGNORE_ID, LabelSet
+from sedna_sam.storage import image_stem
+
+log = logging.getLogger(__name__)
+
+LOCAL_FILES_PREFIX = "/data/local-files/?d="
+DOCUMENT_ROOT_ENV = "LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT"
+# Label Studio stores uploads as /data/upload/<project id>/<8 hex>-<original name>.
+_UPLOAD_RE = re.compile(r"/data/upload/\d+/[0-9a-fA-F]{8}-(?P<name>[^/]+)$")
+POLYGON_TYPE = "polygonlabels"
+
+
+# ---------------------------------------------------------------- image references
+
+
+def document_root() -> Path:
+    """Label Studio's local-files document root ($LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT;
+    Label Studio itself defaults to the file-system root)."""
+    return Path(os.environ.get(DOCUMENT_ROOT_ENV) or os.path.abspath(os.sep)).resolve()
+
+
+def image_url(path: str | Path, image_root: str | None = None) -> str:
+    """URL Label Studio loads an image from.
+
+    ``image_root=None``: ``/data/local-files/?d=<path relative to the document root>``
+    (URL-encoded; the image must lie under the root). Otherwise ``image_root`` is a plain
+    prefix (``http://host/images/``, ``s3://bucket/raw/``) followed by the file name.
+    """
+    path = Path(path)
+    if image_root is None:
+        root = document_root()
+        absolute = path.resolve()
+        try:
+            relative = absolute.relative_to(root)
+        except ValueError:
+            raise InputError(
+                f"{path}: image is outside the Label Studio document root {root} "
+                f"(set {DOCUMENT_ROOT_ENV} to a folder that contains it, or pass --image-root)"
+            ) from None
+        return LOCAL_FILES_PREFIX + quote(relative.as_posix(), safe="/")
+    name = quote(path.name) if image_root.startswith(("http://", "https://", "/")) else path.name
+    sep = "" if image_root.endswith(("/", "=")) else "/"
+    return image_root + sep + name
+
+
+def image_ref_to_path(ref: str) -> str:
+    """The file path an image reference in a task points at.
+
+    Decodes ``/data/local-files/?d=<url-encoded path>`` (relative to the document root,
+    optionally behind ``http://host``), ``/data/upload/<project>/<8 hex>-<name>`` (gives
+    ``<name>``; other upload names are kept whole), ``s3://``/``http(s)://`` URLs and plain
+    paths.
+    """
+    ref = ref.strip()
+    parsed = urlparse(ref)
+    if parsed.path.endswith("/data/local-files/") or parsed.path.endswith("/data/local-files"):
+        values = parse_qs(parsed.query, keep_blank_values=True).get("d")
+        if not values or not values[0]:
+            raise InputError(f"image reference {ref!r} has no ?d=<path>")
+        return str(document_root() / values[0].lstrip("/"))
+    if "/data/upload/" in parsed.path:
+        path = unquote(parsed.path)
+        match = _UPLOAD_RE.search(path)
+        return match.group("name") if match else path.rsplit("/", 1)[-1]
+    if parsed.scheme in ("http", "https", "s3", "gs", "azure-blob", "file") and parsed.netloc:
+        return unquote(parsed.path)
+    if parsed.scheme == "file":
+        return unquote(parsed.path)
+    return ref
+
+
+def stem_of_ref(ref: str) -> str:
+    """Dataset stem (file name without image extension) of an image reference."""
+    return image_stem(Path(image_ref_to_path(ref)).name)
+
+
+# ---------------------------------------------------------------- tasks we write
+
+
+def polygon_results(
+    regions: list[Region],
+    labels: LabelSet,
+    width: int,
+    height: int,
+    from_name: str = "label",
+    to_name: str = "image",
+) -> list[dict[str, Any]]:
+    """Label Studio polygon results for pixel-space regions (largest first, so the
+    Regions panel lists road before cars)."""
+    results = []
+    for i, region in enumerate(regions):
+        pts = region.points
+        percent = np.stack([pts[:, 0] * (100.0 / width), pts[:, 1] * (100.0 / height)], axis=1)
+        results.append(
+            {
+                "id": f"r{i:04d}",
+                "from_name": from_name,
+                "to_name": to_name,
+                "type": POLYGON_TYPE,
+                "original_width": int(width),
+                "original_height": int(height),
+                "image_rotation": 0,
+                "value": {
+                    "points": np.round(percent, 5).tolist(),
+                    "polygonlabels": [labels.id2label[region.class_id]],
+                    "closed": True,
+                },
+            }
+        )
+    return results
+
+
+def task_from_regions(
+    results: list[dict[str, Any]],
+    image_ref: str,
+    *,
+    kind: str = "predictions",
+    model_version: str = "sedna-sam",
+    score: float | None = None,
+    meta: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """One task: ``{"data": {"image"}, kind: [...]}`` with kind ``predictions`` (editable
+    suggestions) or ``annotations`` (imported as finished labels)."""
+    if kind not in ("predictions", "annotations"):
+        raise ValueError(f"kind must be 'predictions' or 'annotations', not {kind!r}")
+    entry: dict[str, Any] = {"result": results}
+    if kind == "predictions":
+        entry["model_version"] = model_version
+        if score is not None:
+            entry["score"] = float(score)
+    task: dict[str, Any] = {"data": {"image": image_ref}, kind: [entry]}
+    if meta:
+        task["meta"] = meta
+    return task
+
+
+def task_from_class_map(
+    class_map: np.ndarray,
+    labels: LabelSet,
+    image_ref: str,
+    *,
+    kind: str = "predictions",
+    model_version: str = "sedna-sam",
+    tolerance_px: float = 1.0,
+    min_area_px: float = 0.0,
+    from_name: str = "label",
+    to_name: str = "image",
+    score: float | None = None,
+    stats: dict[str, int] | None = None,
+) -> dict[str, Any]:
+    """A Label Studio task with one polygon per connected component of each class of a
+    (H, W) train-id map (255 = no class, gets no polygon).
+
+    Raises :class:`InputError` if the map holds an id ``labels`` lacks. If ``stats`` is
+    given it receives ``regions``, ``vertices`` and ``dropped`` (components smaller than
+    ``min_area_px``).
+    """
+    present = {int(v) for v in np.unique(class_map)} - {IGNORE_ID}
+    unknown = sorted(present - set(labels.id2label))
+    if unknown:
+        raise InputError(f"{image_ref}: class ids {unknown} are not in the labels config {labels.source}")
+    regions, dropped = regions_from_class_map(class_map, tolerance_px, min_area_px)
+    h, w = class_map.shape
+    results = polygon_results(regions, labels, w, h, from_name, to_name)
+    if stats is not None:
+        stats.update(regions=len(regions), vertices=sum(len(r.points) for r in regions), dropped=dropped)
+    return task_from_regions(results, image_ref, kind=kind, model_version=model_version, score=score)
+
+
+# ---------------------------------------------------------------- exports we read
+
+
+@dataclass
+class ExportedTask:
+    """One task of a Label Studio export, whichever export format it came from.
+
+    ``results`` are the chosen annotation's results as ``{"type", "value", "original_width",
+    "original_height"}`` dicts (``value`` holds ``points`` and ``polygonlabels``);
+    ``annotated`` is False when the task has no usable (non-cancelled) annotation.
+    """
+
+    task_id: int | None
+    image: str
+    results: list[dict[str, Any]] = field(default_factory=list)
+    annotation_id: int | None = None
+    updated_at: str | None = None
+    annotated: bool = True
+    source: str = "<memory>"
+    export_format: str = "json"
+
+    @property
+    def stem(self) -> str:
+        return stem_of_ref(self.image)
+
+    @property
+    def name(self) -> str:
+        """How messages refer to this task."""
+        return f"task {self.task_id} ({self.image})" if self.task_id is not None else self.image
+
+    @property
+    def size(self) -> tuple[int, int] | None:
+        """(width, height) from the results' original_width/height; None if absent.
+        Raises :class:`InputError` if results disagree."""
+        sizes = {
+            (int(r["original_width"]), int(r["original_height"]))
+            for r in self.results
+            if r.get("original_width") and r.get("original_height")
+        }
+        if len(sizes) > 1:
+            raise InputError(
+                f"{self.source}: {self.name}: results disagree on the image size: {sorted(sizes)}"
+            )
+        return sizes.pop() if sizes else None
+
+
+def _sort_key(ann: dict[str, Any]) -> tuple[str, int]:
+    return (str(ann.get("updated_at") or ann.get("created_at") or ""), int(ann.get("id") or 0))
+
+
+def _from_full_task(task: dict[str, Any], source: str, image_key: str) -> ExportedTask:
+    data = task.get("data") or {}
+    image = data.get(image_key)
+    if not isinstance(image, str) or not image:
+        raise InputError(f"{source}: task {task.get('id')} has no data.{image_key}")
+    annotations = [
+        a
+        for a in task.get("annotations") or task.get("completions") or []
+        if isinstance(a, dict) and not a.get("was_cancelled") and not a.get("skipped")
+    ]
+    if not annotations:
+        return ExportedTask(task.get("id"), image, annotated=False, source=source, export_format="json")
+    latest = max(annotations, key=_sort_key)
+    results = [r for r in latest.get("result") or [] if isinstance(r, dict)]
+    return ExportedTask(
+        task.get("id"),
+        image,
+        results,
+        latest.get("id"),
+        latest.get("updated_at") or latest.get("created_at"),
+        True,
+        source,
+        "json",
+    )
+
+
+def _is_region(value: Any) -> bool:
+    return isinstance(value, dict) and "points" in value and any(k.endswith("labels") for k in value)
+
+
+def _from_min_record(record: dict[str, Any], source: str, image_key: str) -> ExportedTask:
+    image = record.get(image_key)
+    if not isinstance(image, str) or not image:
+        raise InputError(f"{source}: record {record.get('id')} has no {image_key!r}")
+    results = []
+    for key, value in record.items():
+        items = value if isinstance(value, list) else [value]
+        for item in items:
+            if not _is_region(item):
+                continue
+            kind = next((k for k in item if k.endswith("labels")), POLYGON_TYPE)
+            results.append(
+                {
+                    "from_name": key,
+                    "type": kind,
+                    "original_width": item.get("original_width"),
+                    "original_height": item.get("original_height"),
+                    "value": item,
+                }
+            )
+    annotated = record.get("annotation_id") is not None or bool(results)
+    return ExportedTask(
+        record.get("id"),
+        image,
+        results,
+        record.get("annotation_id"),
+        record.get("updated_at") or record.get("created_at"),
+        annotated,
+        source,
+        "json-min",
+    )
+
+
+def parse_export(data: Any, source: str = "<memory>", image_key: str = "image") -> list[ExportedTask]:
+    """Parse a loaded export (full JSON or JSON-MIN list, or one task dict) into
+    :class:`ExportedTask` records, one per task (the latest annotation wins)."""
+    if isinstance(data, dict):
+        data = [data]
+    if not isinstance(data, list):
+        raise InputError(f"{source}: expected a list of tasks, got {type(data).__name__}")
+    tasks: list[ExportedTask] = []
+    for i, item in enumerate(data):
+        if not isinstance(item, dict):
+            raise InputError(f"{source}: item {i} is {type(item).__name__}, not a task object")
+        if "data" in item or "annotations" in item or "completions" in item:
+            tasks.append(_from_full_task(item, source, image_key))
+        else:
+            tasks.append(_from_min_record(item, source, image_key))
+    # JSON-MIN lists every annotation of a task; keep the latest per task id.
+    latest: dict[Any, ExportedTask] = {}
+    order: list[Any] = []
+    for t in tasks:
+        key = t.task_id if t.task_id is not None else ("image", t.image)
+        if key not in latest:
+            order.append(key)
+            latest[key] = t
+        elif (t.annotated, t.updated_at or "", t.annotation_id or 0) > (
+            latest[key].annotated,
+            latest[key].updated_at or "",
+            latest[key].annotation_id or 0,
+        ):
+            latest[key] = t
+    return [latest[k] for k in order]
+
+
+def read_export(path: str | Path, image_key: str = "image") -> list[ExportedTask]:
+    """Read a Label Studio export file (JSON-MIN or full JSON); errors name the file."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise InputError(f"{path}: export file not found") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InputError(f"{path}: malformed JSON ({exc})") from None
+    return parse_export(data, str(path), image_key)
+
+
+def regions_from_export(
+    task: ExportedTask,
+    labels: LabelSet,
+    width: int,
+    height: int,
+    *,
+    ignore_unknown_labels: bool = False,
+    notes: dict[str, int] | None = None,
+) -> list[Region]:
+    """Pixel-space regions of an exported task's polygon results.
+
+    Points outside 0..100 % are clipped (warning, counted as ``points clipped``); a label
+    the config lacks raises :class:`InputError` naming label and task, or with
+    ``ignore_unknown_labels`` is skipped (``unknown labels skipped``); non-polygon results
+    are counted as ``non-polygon results ignored``.
+    """
+    notes = notes if notes is not None else {}
+    label2id = labels.label2id
+    regions: list[Region] = []
+    clipped = 0
+    for result in task.results:
+        value = result.get("value") or {}
+        kind = str(result.get("type") or "").lower()
+        if kind != POLYGON_TYPE or "points" not in value:
+            notes["non-polygon results ignored"] = notes.get("non-polygon results ignored", 0) + 1
+            continue
+        names = value.get("polygonlabels") or []
+        if isinstance(names, str):
+            names = [names]
+        if not names:
+            raise InputError(f"{task.source}: {task.name}: a polygon has no label")
+        name = names[0]
+        if name not in label2id:
+            if ignore_unknown_labels:
+                notes["unknown labels skipped"] = notes.get("unknown labels skipped", 0) + 1
+                continue
+            raise InputError(
+                f"{task.source}: {task.name}: label {name!r} is not in the labels config "
+                f"{labels.source} (pass --ignore-unknown-labels to skip such regions)"
+            )
+        try:
+            pts = np.asarray(value["points"], dtype=np.float64).reshape(-1, 2)
+        except (TypeError, ValueError):
+            raise InputError(f"{task.source}: {task.name}: polygon points are not [[x, y], ...]") from None
+        if not np.isfinite(pts).all():
+            raise InputError(f"{task.source}: {task.name}: polygon points are not finite numbers")
+        outside = (pts < 0) | (pts > 100)
+        if outside.any():
+            clipped += int(outside.any(axis=1).sum())
+            pts = np.clip(pts, 0.0, 100.0)
+        px = np.stack([pts[:, 0] * (width / 100.0), pts[:, 1] * (height / 100.0)], axis=1)
+        regions.append(Region(label2id[name], px, polygon_area(px)))
+    if clipped:
+        log.warning("%s: %s: %d points outside 0..100%% clipped", task.source, task.name, clipped)
+        notes["points clipped"] = notes.get("points clipped", 0) + clipped
+    return regions
