@@ -21,6 +21,8 @@ from sedna_sam.log import setup_logging
 COMMAND_MODULES = [
     "sedna_sam.commands.convert",
     "sedna_sam.commands.doctor",
+    "sedna_sam.commands.edge",
+    "sedna_sam.commands.cloud",
 ]
 
 EPILOG = """\

@@ -1,0 +1,253 @@
+"""``sedna-sam edge run|calibrate|ship``: the edge inference worker and its helpers."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import re
+import signal
+import threading
+
+from sedna_sam.errors import SednaSamError
+
+log = logging.getLogger("sedna_sam.edge")
+
+RUN_HELP = """\
+Segment every frame from --source with the deployed Segformer, write TrainIds PNGs (and
+overlays) to the result dir, score each frame for "corner case" and keep flagged frames
+with a metadata JSON in the unseen-sample buffer. With --store (or $SEDNA_SAM_STORE) a
+shipper thread uploads them to the cloud store, surviving outages and restarts.
+
+Run by Sedna (LifelongLearningJob deploySpec) the defaults come from its env:
+  MODEL_URLS                 the model (a Segformer directory, a file in it, or deploy/index.pkl)
+  INFERENCE_RESULT_DIR       result dir (default ./inference_results)
+  unseen_save_url            buffer of flagged samples (default ./unseen_samples)
+  MODEL_POLL_PERIOD_SECONDS  how often the model is checked for a new version (default 30)
+  SEDNA_SAM_STORE            cloud store URL (directory, file://, s3://)
+  S3_ENDPOINT_URL, ACCESS_KEY_ID, SECRET_ACCESS_KEY   for s3:// stores
+  NODE_NAME                  node name in the metadata (default: host name)
+The threshold comes from <model>/sedna_sam_edge.json (`sedna-sam edge calibrate`).
+"""
+
+
+def _size(text: str) -> int:
+    """Bytes from ``500M``, ``2G``, ``2GiB`` or a plain number."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(?:i?b)?\s*", text.lower())
+    if not m:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} (examples: 500M, 2G, 1048576)")
+    return int(
+        float(m.group(1)) * {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}[m.group(2)]
+    )
+
+
+def register(subparsers) -> None:
+    edge = subparsers.add_parser(
+        "edge", help="edge inference worker: run, calibrate the corner-case threshold, ship samples"
+    )
+    sub = edge.add_subparsers(dest="edge_command", metavar="SUBCOMMAND")
+    edge.set_defaults(func=lambda args: (edge.print_help(), 2)[1])
+
+    run = sub.add_parser(
+        "run",
+        help="segment frames, flag corner cases, buffer and ship them",
+        description=RUN_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    run.add_argument("--model", default=None, help="Segformer directory (default: $MODEL_URLS)")
+    run.add_argument(
+        "--source",
+        required=True,
+        help="frames: a directory (see --watch), an image, a .txt list of images, a video file, "
+        "a camera index (0) or an rtsp:// / http(s):// stream URL",
+    )
+    run.add_argument("--watch", action="store_true", help="keep watching the source directory for new images")
+    run.add_argument(
+        "--every", type=int, default=1, help="video/stream: process every N-th frame (default 1)"
+    )
+    run.add_argument(
+        "--result-dir", default=None, help="TrainIds/overlay output (default: $INFERENCE_RESULT_DIR)"
+    )
+    run.add_argument("--unseen-dir", default=None, help="flagged-sample buffer (default: $unseen_save_url)")
+    run.add_argument(
+        "--scorer", default=None, help="msp, entropy, energy, lowconf (default: the model's config, else msp)"
+    )
+    run.add_argument("--threshold", type=float, default=None, help="override the calibrated threshold")
+    run.add_argument("--overlay", action="store_true", help="also write a colour overlay per frame")
+    run.add_argument(
+        "--max-fps", type=float, default=None, help="frame-rate cap (default: as fast as possible)"
+    )
+    run.add_argument("--device", default=None, help="cpu or cuda (default: cuda when present)")
+    run.add_argument(
+        "--reload-every",
+        type=float,
+        default=None,
+        dest="poll_s",
+        help="seconds between model-change checks (default: $MODEL_POLL_PERIOD_SECONDS or 30)",
+    )
+    run.add_argument("--buffer-max-bytes", type=_size, default="2G", help="buffer size cap (default 2G)")
+    run.add_argument("--buffer-max-count", type=int, default=10_000, help="buffer sample cap (default 10000)")
+    run.add_argument(
+        "--store",
+        default=None,
+        help="ship flagged samples to this store (default: $SEDNA_SAM_STORE; none = keep)",
+    )
+    run.add_argument(
+        "--node",
+        default=None,
+        help="node name in metadata and store paths (default: $NODE_NAME or host name)",
+    )
+    run.add_argument(
+        "--timing-log", default=None, help="append one JSON line of timings per frame to this file"
+    )
+    run.add_argument("--max-frames", type=int, default=None, help="stop after N frames")
+    run.add_argument(
+        "--no-sedna-lib", action="store_true", help="do not use the Sedna lib even when it is installed"
+    )
+    run.set_defaults(func=cmd_run)
+
+    cal = sub.add_parser(
+        "calibrate",
+        help="set corner-case thresholds from known data (writes <model>/sedna_sam_edge.json)",
+        description="Score every image in --data with every scorer and set each threshold so that "
+        "about --target-rate of such frames get flagged; the chosen --scorer becomes the worker's.",
+    )
+    cal.add_argument("--model", default=None, help="Segformer directory (default: $MODEL_URLS)")
+    cal.add_argument("--data", required=True, help="directory of images the model is known to handle")
+    cal.add_argument(
+        "--target-rate", type=float, default=0.05, help="fraction of known frames to flag (default 0.05)"
+    )
+    cal.add_argument("--scorer", default=None, help="scorer the worker will use (default: keep, else msp)")
+    cal.add_argument("--device", default=None)
+    cal.add_argument("--max-frames", type=int, default=None, help="use at most N images")
+    cal.set_defaults(func=cmd_calibrate)
+
+    ship = sub.add_parser(
+        "ship",
+        help="upload buffered samples to the cloud store (verifies, resumes, never duplicates)",
+        description="Upload <buffer>/<id>.<ext> + <id>.json to <store>/flagged/<node>/ (image first, "
+        "JSON last), verify size and sha256, then delete the local copy.",
+    )
+    ship.add_argument("--unseen-dir", default=None, help="buffer directory (default: $unseen_save_url)")
+    ship.add_argument(
+        "--store", default=None, help="store URL: directory, file://, s3:// (default: $SEDNA_SAM_STORE)"
+    )
+    ship.add_argument("--node", default=None, help="node name (default: $NODE_NAME or host name)")
+    ship.add_argument(
+        "--follow", action="store_true", help="keep running and ship new samples as they arrive"
+    )
+    ship.add_argument(
+        "--backoff", type=float, default=1.0, help="first retry delay in seconds when unreachable"
+    )
+    ship.add_argument("--max-backoff", type=float, default=60.0, help="longest retry delay (default 60)")
+    ship.set_defaults(func=cmd_ship)
+
+
+def _stop_on_signals() -> threading.Event:
+    stop = threading.Event()
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: stop.set())
+    return stop
+
+
+def _store(args) -> str | None:
+    from sedna_sam import sedna_compat
+
+    return args.store or sedna_compat.get_param("SEDNA_SAM_STORE")
+
+
+def cmd_run(args) -> int:
+    from sedna_sam import sedna_compat
+    from sedna_sam.edge.shipper import Shipper
+    from sedna_sam.edge.worker import EdgeWorker, WorkerSettings, run_with_sedna_lib
+
+    settings = WorkerSettings.from_env(
+        model=args.model,
+        source=args.source,
+        result_dir=args.result_dir,
+        unseen_dir=args.unseen_dir,
+        scorer=args.scorer,
+        threshold=args.threshold,
+        overlay=args.overlay,
+        max_fps=args.max_fps,
+        device=args.device,
+        poll_s=args.poll_s,
+        watch=args.watch,
+        every=args.every,
+        buffer_max_bytes=args.buffer_max_bytes,
+        buffer_max_count=args.buffer_max_count,
+        node=args.node,
+        timing_log=args.timing_log,
+        max_frames=args.max_frames,
+    )
+    log.info("edge worker env: %s", sedna_compat.redacted(sedna_compat.read_role_env("inference")))
+    stop = _stop_on_signals()
+    use_lib = sedna_compat.sedna_available() and not args.no_sedna_lib
+    worker = None if use_lib else EdgeWorker(settings)
+    store = _store(args)
+    ship_thread = None
+    shipper = None
+    ship_stop = threading.Event()
+    if store:
+        from sedna_sam.edge.buffer import SampleBuffer
+
+        buffer = worker.buffer if worker else SampleBuffer(settings.unseen_dir)
+        shipper = Shipper(buffer, store, settings.node)
+        ship_thread = threading.Thread(
+            target=shipper.run, kwargs={"stop": ship_stop}, name="shipper", daemon=True
+        )
+        ship_thread.start()
+    try:
+        report = run_with_sedna_lib(settings, stop) if use_lib else worker.run(stop)
+    finally:
+        if ship_thread:
+            if not stop.is_set():  # source finished: give the shipper one last pass
+                try:
+                    shipper.ship_pending()
+                except Exception as exc:
+                    log.warning("last shipping pass failed (%s); samples stay buffered", exc)
+            ship_stop.set()
+            ship_thread.join(timeout=30)
+    print(report.summary())
+    return report.exit_code
+
+
+def cmd_calibrate(args) -> int:
+    from sedna_sam import sedna_compat
+    from sedna_sam.edge.calibrate import calibrate, edge_config_path
+    from sedna_sam.edge.worker import resolve_model_dir
+
+    model = args.model or sedna_compat.get_param("MODEL_URLS")
+    if not model:
+        raise SednaSamError("no model: pass --model DIR or set MODEL_URLS")
+    config, report = calibrate(model, args.data, args.target_rate, args.scorer, args.device, args.max_frames)
+    for name, entry in sorted(config["scorers"].items()):
+        mark = "*" if name == config["scorer"] else " "
+        print(
+            f"{mark} {name:8s} threshold {entry['threshold']:.6g}  (flags {entry['flag_rate_on_known']:.1%} of known frames)"
+        )
+    print(f"written to {edge_config_path(resolve_model_dir(model))}")
+    print(report.summary())
+    return report.exit_code
+
+
+def cmd_ship(args) -> int:
+    from sedna_sam import sedna_compat
+    from sedna_sam.edge.buffer import SampleBuffer
+    from sedna_sam.edge.shipper import Shipper
+
+    store = _store(args)
+    if not store:
+        raise SednaSamError("no store: pass --store URL or set SEDNA_SAM_STORE")
+    unseen = args.unseen_dir or sedna_compat.get_param("unseen_save_url")
+    if not unseen:
+        raise SednaSamError("no buffer: pass --unseen-dir DIR or set unseen_save_url")
+    node = args.node or sedna_compat.node_name()
+    shipper = Shipper(SampleBuffer(unseen), store, node, args.backoff, args.max_backoff)
+    stats = shipper.run(_stop_on_signals(), once=not args.follow)
+    left = len(shipper.buffer.samples())
+    print(
+        f"{stats.shipped} shipped, {stats.already_there} already in the store, {stats.failed} failed, "
+        f"{stats.retries} retries, {left} left in the buffer"
+    )
+    return 0 if left == 0 else 1

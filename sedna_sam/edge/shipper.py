@@ -1,0 +1,266 @@
+"""Ship flagged samples from the local buffer to the cloud store, losing none, sending none twice.
+
+Store layout (the contract the cloud's annotation queue reads)::
+
+    <store>/flagged/<node>/<sample_id>.<ext>    the image, uploaded first
+    <store>/flagged/<node>/<sample_id>.json     its metadata, uploaded LAST
+
+A sample is complete in the store when its JSON exists and the image matches the JSON's
+size and sha256. One sample goes through these steps; a crash between any two is
+repaired on the next run:
+
+1. if the store already holds the complete sample (an earlier run crashed after step 3),
+   or the local ledger says it was shipped, skip to step 4;
+2. upload the image, read it back, compare size + sha256 (retry the sample otherwise);
+3. upload the JSON (atomically on a local store), then append the id to the ledger
+   ``<buffer>/.shipped.jsonl`` (fsynced);
+4. delete the local JSON, then the local image (a crash in between leaves an orphan
+   image that :meth:`SampleBuffer.clean_orphans` removes).
+
+While the store is unreachable, the shipper waits with exponential backoff (capped) and
+the samples stay in the buffer.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sedna_sam.edge.buffer import BufferedSample, SampleBuffer
+from sedna_sam.storage import atomic_write_bytes, url_filesystem
+
+log = logging.getLogger(__name__)
+
+LEDGER_NAME = ".shipped.jsonl"
+
+
+class StoreUnreachable(Exception):
+    """The store did not answer (network, endpoint down): retry later."""
+
+
+@dataclass
+class ShipStats:
+    shipped: int = 0
+    already_there: int = 0
+    failed: int = 0
+    retries: int = 0
+    shipped_ids: list[str] = field(default_factory=list)
+
+
+def sample_key(store_root: str, node: str, name: str) -> str:
+    return f"{store_root.rstrip('/')}/flagged/{node}/{name}"
+
+
+class Shipper:
+    """Uploads every complete sample of ``buffer`` to ``store_url`` (a directory, file://
+    or s3:// URL; S3 endpoint and keys from S3_ENDPOINT_URL/ACCESS_KEY_ID/SECRET_ACCESS_KEY)."""
+
+    def __init__(
+        self,
+        buffer: SampleBuffer,
+        store_url: str,
+        node: str,
+        backoff_s: float = 1.0,
+        max_backoff_s: float = 60.0,
+    ) -> None:
+        self.buffer = buffer
+        self.store_url = store_url
+        self.node = node
+        self.fs, self.root = url_filesystem(store_url)
+        self.local_store = "file" in (
+            self.fs.protocol if isinstance(self.fs.protocol, tuple) else (self.fs.protocol,)
+        )
+        self.backoff_s = backoff_s
+        self.max_backoff_s = max_backoff_s
+        self.ledger_path = buffer.root / LEDGER_NAME
+        self.stats = ShipStats()
+
+    # --- ledger: ids whose upload completed, until their local files are gone ---
+
+    def _ledger(self) -> set[str]:
+        try:
+            lines = self.ledger_path.read_text("utf-8").splitlines()
+        except FileNotFoundError:
+            return set()
+        out = set()
+        for line in lines:
+            try:
+                out.add(json.loads(line)["sample_id"])
+            except (ValueError, KeyError, TypeError):
+                continue  # a torn last line from a crash: that sample is checked in the store
+        return out
+
+    def _ledger_add(self, sample: BufferedSample) -> None:
+        line = json.dumps({"sample_id": sample.sample_id, "sha256": sample.meta.get("sha256")}) + "\n"
+        with open(self.ledger_path, "a", encoding="utf-8") as f:
+            f.write(line)
+            f.flush()
+            os.fsync(f.fileno())
+
+    def compact_ledger(self) -> None:
+        """Keep only entries whose local files still exist (the others did their job)."""
+        with self.buffer.locked():
+            present = {s.sample_id for s in self.buffer.samples()}
+            keep = sorted(self._ledger() & present)
+            atomic_write_bytes(
+                self.ledger_path, "".join(json.dumps({"sample_id": i}) + "\n" for i in keep).encode()
+            )
+
+    # --- one sample ---
+
+    def _remote_matches(self, path: str, size: int, sha256: str) -> bool:
+        try:
+            if self.fs.size(path) != size:
+                return False
+            return hashlib.sha256(self.fs.cat_file(path)).hexdigest() == sha256
+        except FileNotFoundError:
+            return False
+
+    def _remote_complete(self, sample: BufferedSample, image_key: str, json_key: str) -> bool:
+        try:
+            remote_meta = json.loads(self.fs.cat_file(json_key))
+        except FileNotFoundError:
+            return False
+        except ValueError:
+            return False  # a torn JSON on a store without atomic writes: upload again
+        return remote_meta.get("sha256") == sample.meta["sha256"] and self._remote_matches(
+            image_key, int(sample.meta["size"]), sample.meta["sha256"]
+        )
+
+    def _put(self, path: str, data: bytes) -> None:
+        if self.local_store:
+            atomic_write_bytes(path, data)  # readers never see half a file
+        else:
+            self.fs.pipe_file(path, data)  # an S3 PUT is atomic
+
+    def ship_one(self, sample: BufferedSample, ledger: set[str]) -> bool:
+        """Ship one sample; True when it is safely in the store and removed locally.
+
+        Raises :class:`StoreUnreachable` on connection errors.
+        """
+        image_key = sample_key(self.root, self.node, sample.image_path.name)
+        json_key = sample_key(self.root, self.node, sample.json_path.name)
+        try:
+            if sample.sample_id in ledger or self._remote_complete(sample, image_key, json_key):
+                self.stats.already_there += 1
+                log.info("%s: already in the store; removing the local copy", sample.sample_id)
+            else:
+                try:
+                    data = sample.image_path.read_bytes()
+                    meta_bytes = sample.json_path.read_bytes()
+                except FileNotFoundError:
+                    return False  # dropped by the buffer meanwhile
+                if hashlib.sha256(data).hexdigest() != sample.meta["sha256"]:
+                    log.error(
+                        "%s: local image does not match its metadata (sha256); kept, not shipped",
+                        sample.image_path,
+                    )
+                    self.stats.failed += 1
+                    return False
+                if not self.local_store:
+                    self.fs.makedirs(os.path.dirname(image_key), exist_ok=True)
+                self._put(image_key, data)
+                if not self._remote_matches(image_key, len(data), sample.meta["sha256"]):
+                    log.warning("%s: uploaded image does not verify; will retry", image_key)
+                    self.stats.failed += 1
+                    return False
+                self._put(json_key, meta_bytes)  # last: the cloud now sees the sample
+                self.stats.shipped += 1
+                self.stats.shipped_ids.append(sample.sample_id)
+                log.info(
+                    "shipped %s (score %.4f, %d bytes) to %s",
+                    sample.sample_id,
+                    sample.score,
+                    len(data),
+                    json_key,
+                )
+            self._ledger_add(sample)
+        except (OSError, ConnectionError, TimeoutError) as exc:
+            if isinstance(exc, (FileNotFoundError, PermissionError, IsADirectoryError)):
+                raise
+            raise StoreUnreachable(f"{self.store_url}: {type(exc).__name__}: {exc}") from exc
+        except Exception as exc:  # botocore/aiohttp errors are not OSErrors
+            if _looks_like_connection_error(exc):
+                raise StoreUnreachable(f"{self.store_url}: {type(exc).__name__}: {exc}") from exc
+            raise
+        self.buffer.remove(sample)
+        return True
+
+    # --- loops ---
+
+    def ship_pending(self) -> int:
+        """One pass over the buffer; returns how many samples left it.
+
+        Raises :class:`StoreUnreachable` at the first connection error.
+        """
+        ledger = self._ledger()
+        n = 0
+        for sample in self.buffer.samples():
+            if self.ship_one(sample, ledger):
+                n += 1
+        return n
+
+    def run(self, stop: threading.Event | None = None, poll_s: float = 2.0, once: bool = False) -> ShipStats:
+        """Ship until ``stop`` is set (or, with ``once``, until the buffer is empty),
+        backing off while the store is unreachable."""
+        stop = stop or threading.Event()
+        self.buffer.clean_orphans()
+        self.compact_ledger()
+        delay = self.backoff_s
+        while not stop.is_set():
+            try:
+                self.ship_pending()
+                delay = self.backoff_s
+                if once and not self.buffer.samples():
+                    break
+                stop.wait(poll_s)
+            except StoreUnreachable as exc:
+                self.stats.retries += 1
+                log.warning(
+                    "store unreachable (%s); %d samples stay buffered; retrying in %.1f s",
+                    exc,
+                    len(self.buffer.samples()),
+                    delay,
+                )
+                if stop.wait(delay):
+                    break
+                delay = min(delay * 2, self.max_backoff_s)
+        return self.stats
+
+
+def _looks_like_connection_error(exc: BaseException) -> bool:
+    names = {type(e).__name__ for e in _chain(exc)}
+    return bool(
+        names
+        & {
+            "EndpointConnectionError",
+            "ConnectTimeoutError",
+            "ReadTimeoutError",
+            "ConnectionClosedError",
+            "ClientConnectorError",
+            "ServerDisconnectedError",
+            "ClientOSError",
+        }
+    )
+
+
+def _chain(exc: BaseException | None):
+    seen = 0
+    while exc is not None and seen < 10:
+        yield exc
+        exc = exc.__cause__ or exc.__context__
+        seen += 1
+
+
+def ship_once(buffer_dir: str | Path, store_url: str, node: str) -> ShipStats:
+    """Ship what the buffer holds now, once; raises StoreUnreachable when the store is down."""
+    shipper = Shipper(SampleBuffer(buffer_dir), store_url, node)
+    shipper.buffer.clean_orphans()
+    shipper.compact_ledger()
+    shipper.ship_pending()
+    return shipper.stats
