@@ -30,7 +30,7 @@ def _labels(**labels: str) -> str:
 def _number(x: float) -> str:
     if math.isinf(x):
         return "+Inf" if x > 0 else "-Inf"
-    return repr(float(x)) if not float(x).is_integer() else str(int(x))
+    return repr(float(x))  # "1.0", as Prometheus client libraries spell bucket bounds
 
 
 class Metrics:

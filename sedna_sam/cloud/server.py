@@ -1,0 +1,179 @@
+"""HTTP face of the annotation service (stdlib ``ThreadingHTTPServer``):
+
+- ``GET /healthz``: 200 with queue counts while the worker loop is alive, else 503.
+- ``GET /metrics``: Prometheus text (queue depth per state, processed, failed, seconds per stage).
+- ``POST /webhook``: Label Studio's ANNOTATION_CREATED / ANNOTATION_UPDATED, accepted only
+  with the shared secret, in the ``X-Sedna-Sam-Secret`` header (set as a webhook header in
+  Label Studio) or as ``?secret=`` in the URL; compared in constant time. Missing secret:
+  401; wrong secret: 403. The handler only marks the sample labelled (fast, idempotent);
+  the worker loop fetches the annotation from Label Studio and ingests it.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import threading
+from collections.abc import Callable
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+from sedna_sam.cloud.metrics import CONTENT_TYPE
+from sedna_sam.cloud.service import AnnotationService
+
+log = logging.getLogger(__name__)
+
+SECRET_HEADER = "X-Sedna-Sam-Secret"
+ANNOTATION_ACTIONS = frozenset({"ANNOTATION_CREATED", "ANNOTATION_UPDATED"})
+MAX_BODY = 8 * 1024 * 1024  # a webhook payload with a big annotation is well below this
+
+
+def check_secret(expected: str, given: str | None) -> HTTPStatus | None:
+    """None when ``given`` matches ``expected``; 401 when no secret was sent, 403 when a
+    wrong one was. An empty ``expected`` refuses everything (no open webhook by accident)."""
+    if not given:
+        return HTTPStatus.UNAUTHORIZED
+    if not expected or not hmac.compare_digest(given.encode("utf-8"), expected.encode("utf-8")):
+        return HTTPStatus.FORBIDDEN
+    return None
+
+
+def annotation_from_payload(payload: Any) -> tuple[int, int, str | None] | None:
+    """(task id, annotation id, updated_at) from a Label Studio webhook payload, or None
+    when the action is not about a submitted/updated annotation."""
+    if not isinstance(payload, dict) or payload.get("action") not in ANNOTATION_ACTIONS:
+        return None
+    annotation = payload.get("annotation") or {}
+    task = payload.get("task") or {}
+    task_id = task.get("id") if isinstance(task, dict) else task
+    if task_id is None:
+        task_id = annotation.get("task")
+    if task_id is None or annotation.get("id") is None:
+        raise ValueError("payload has no task id or annotation id")
+    if annotation.get("was_cancelled"):
+        return None  # a skipped task is no label
+    return int(task_id), int(annotation["id"]), annotation.get("updated_at")
+
+
+class Handler(BaseHTTPRequestHandler):
+    service: AnnotationService  # set on the subclass made by make_server
+    alive: threading.Event
+    server_version = "sedna-sam-cloud"
+
+    def log_message(self, fmt: str, *args: Any) -> None:  # quiet access log, no query strings
+        log.debug("%s %s", self.command, urlsplit(self.path).path)
+
+    def _send(self, status: HTTPStatus, body: bytes, content_type: str = "application/json") -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def _json(self, status: HTTPStatus, obj: Any) -> None:
+        self._send(status, json.dumps(obj).encode("utf-8"))
+
+    def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+        path = urlsplit(self.path).path
+        if path == "/healthz":
+            try:
+                counts = self.service.queue.counts()
+            except Exception as exc:  # noqa: BLE001 - the probe reports it
+                self._json(HTTPStatus.SERVICE_UNAVAILABLE, {"status": "queue unreachable", "error": str(exc)})
+                return
+            ok = self.alive.is_set()
+            body = {
+                "status": "ok" if ok else "worker stopped",
+                "queue": counts,
+                "last_step_at": self.service.last_step_at,
+            }
+            self._json(HTTPStatus.OK if ok else HTTPStatus.SERVICE_UNAVAILABLE, body)
+        elif path == "/metrics":
+            text = self.service.metrics.render(self.service.queue.counts(), up_since=self.service.started_at)
+            self._send(HTTPStatus.OK, text.encode("utf-8"), CONTENT_TYPE)
+        else:
+            self._json(HTTPStatus.NOT_FOUND, {"error": "not found; try /healthz, /metrics, POST /webhook"})
+
+    def do_POST(self) -> None:  # noqa: N802
+        url = urlsplit(self.path)
+        if url.path != "/webhook":
+            self._json(HTTPStatus.NOT_FOUND, {"error": "not found"})
+            return
+        given = self.headers.get(SECRET_HEADER) or (parse_qs(url.query).get("secret") or [None])[0]
+        refused = check_secret(self.service.config.webhook_secret, given)
+        if refused is not None:
+            self.service.metrics.webhook("refused")
+            log.warning("webhook from %s refused (%s)", self.client_address[0], refused.phrase)
+            self._json(refused, {"error": refused.phrase})
+            return
+        try:
+            length = int(self.headers.get("Content-Length") or 0)
+            if length > MAX_BODY:
+                raise ValueError(f"body of {length} bytes is too large")
+            found = annotation_from_payload(json.loads(self.rfile.read(length) or b"null"))
+        except (ValueError, TypeError, AttributeError) as exc:
+            self.service.metrics.webhook("bad_request")
+            self._json(HTTPStatus.BAD_REQUEST, {"error": f"not a Label Studio annotation webhook: {exc}"})
+            return
+        if found is None:
+            self.service.metrics.webhook("ignored")
+            self._json(HTTPStatus.OK, {"result": "ignored"})
+            return
+        outcome = self.service.annotation_event(*found)
+        self.service.metrics.webhook("accepted" if outcome != "unknown-task" else "ignored")
+        self._json(HTTPStatus.OK, {"result": outcome})
+
+
+def make_server(
+    service: AnnotationService, host: str, port: int, alive: threading.Event
+) -> ThreadingHTTPServer:
+    """An HTTP server bound to (host, port) serving ``service``; port 0 picks a free one."""
+    handler = type("BoundHandler", (Handler,), {"service": service, "alive": alive})
+    server = ThreadingHTTPServer((host, port), handler)
+    server.daemon_threads = True
+    return server
+
+
+def serve(
+    service: AnnotationService,
+    host: str = "0.0.0.0",
+    port: int = 8000,
+    *,
+    interval_s: float = 5.0,
+    stop: threading.Event | None = None,
+    ready: Callable[[ThreadingHTTPServer], None] | None = None,
+) -> None:
+    """Run the HTTP endpoints in a thread and the worker loop here until ``stop`` is set
+    (SIGTERM/SIGINT set it in the CLI). Each loop is one :meth:`AnnotationService.step`;
+    it then sleeps ``interval_s`` or until a webhook wakes it. An unexpected error in a
+    step (e.g. the disk is full) is logged and the loop goes on; /healthz reports 503 only
+    when the loop has stopped."""
+    stop = stop or threading.Event()
+    alive = threading.Event()
+    server = make_server(service, host, port, alive)
+    thread = threading.Thread(target=server.serve_forever, name="http", daemon=True)
+    thread.start()
+    log.info(
+        "annotation service on http://%s:%s (/healthz /metrics /webhook)", host, server.server_address[1]
+    )
+    if ready is not None:
+        ready(server)
+    alive.set()
+    try:
+        while not stop.is_set():
+            try:
+                moved = service.step()
+                if any(moved.values()):
+                    log.info("step: %s", ", ".join(f"{k} {v}" for k, v in moved.items() if v))
+            except Exception:  # noqa: BLE001 - keep serving; the log says what broke
+                log.exception("step failed; retrying in %.0f s", interval_s)
+            service.wake.wait(interval_s)
+            service.wake.clear()
+    finally:
+        alive.clear()
+        server.shutdown()
+        server.server_close()
+        service.queue.close()

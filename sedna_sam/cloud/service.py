@@ -1,0 +1,370 @@
+"""The cloud annotation service: flagged samples in, Sedna index lines out.
+
+One pass of :meth:`AnnotationService.step`::
+
+    store/flagged/<node>/<id>.json  --scan-->        received        (row in the queue)
+    received        --pre_annotate-->  pre_annotated    image checked (size, sha256) and copied
+                                                        into raw_data/, SAM + voting -> SSA JSON,
+                                                        polygons -> ls_data/ task JSON
+    pre_annotated   --push-->          in_label_studio  a prediction task in Label Studio (its
+                                                        id kept in the queue)
+    in_label_studio --(person)-->      labelled         webhook POST /webhook, or polling
+    labelled        --ingest-->        ingested         TrainIds PNG + "<image> <label>" line
+
+Each stage does idempotent work, then one compare-and-set transition (see
+:mod:`sedna_sam.cloud.queue`); a process killed anywhere resumes on restart without
+losing or doubling anything. ``fault`` is a hook called at every point where a crash
+would matter; tests raise from it to kill the service there.
+
+Stages are plain functions registered by the state they start from (:data:`STAGES`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import posixpath
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sedna_sam.cloud import queue as q
+from sedna_sam.cloud.metrics import Metrics
+from sedna_sam.errors import InputError, SednaSamError
+from sedna_sam.labels import LabelSet
+from sedna_sam.storage import DatasetLayout, atomic_write_bytes, url_filesystem
+
+log = logging.getLogger(__name__)
+
+FaultHook = Callable[[str, str], None]  # (point, sample_id) -> None; raises to simulate a crash
+
+
+@dataclass
+class ServiceConfig:
+    """Everything the service needs; the CLI fills it from flags and env
+    (see :mod:`sedna_sam.commands.cloud`). Secrets are kept out of ``repr``."""
+
+    store: str  # URL or path of the store the edge shipper writes to
+    dataset_dir: Path  # raw_data/, ssa_output/, ls_data/, train_ids/ live here
+    index_path: Path  # the Sedna Dataset's txt index
+    queue_url: str  # sqlite:///... (default: <dataset_dir>/cloud-queue.sqlite)
+    labels: LabelSet
+    ls_url: str = ""
+    ls_token: str = field(default="", repr=False)
+    project: str = "sedna-sam"  # Label Studio project id or title
+    document_root: str | None = None  # Label Studio's local-files root (dataset lives under it)
+    webhook_secret: str = field(default="", repr=False)
+    webhook_url: str = ""  # where Label Studio should POST annotations; registered if set
+    annotate: dict[str, Any] = field(default_factory=dict)  # pre-annotation engine options
+    batch: int = 8  # samples per stage per step
+    poll_interval_s: float = 30.0
+    max_attempts: int = 5
+    backoff_s: float = 10.0
+
+
+# ----------------------------------------------------------------------------- store
+
+
+@dataclass(frozen=True)
+class FlaggedSample:
+    """One complete sample in the store (its JSON exists, so its image was written)."""
+
+    sample_id: str
+    node: str
+    json_path: str  # path inside the store's filesystem
+
+
+def scan_store(fs, root: str) -> list[FlaggedSample]:
+    """Complete samples under ``<root>/flagged/<node>/<id>.json``, sorted by path.
+
+    The shipper writes the image first and the JSON last, so a JSON means the sample is
+    there; an image without JSON is an upload in progress and is left alone.
+    """
+    pattern = posixpath.join(root.rstrip("/"), "flagged", "*", "*.json")
+    found = []
+    for path in sorted(fs.glob(pattern)):
+        name = posixpath.basename(path)
+        if name.startswith("."):
+            continue
+        node = posixpath.basename(posixpath.dirname(path))
+        found.append(FlaggedSample(sample_id=name[: -len(".json")], node=node, json_path=path))
+    return found
+
+
+def fetch_sample(fs, json_path: str, raw_data: Path) -> tuple[Path, dict[str, Any]]:
+    """Read a flagged sample's JSON, check its image (size, sha256) and copy it to
+    ``raw_data/<sample id><ext>`` atomically. Returns (local image path, metadata).
+
+    Raises :class:`InputError` naming the file when the JSON is bad or the image does not
+    match it. A copy already in place with the right checksum is kept (rerun = no-op).
+    """
+    import json
+
+    try:
+        meta = json.loads(fs.cat_file(json_path))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InputError(f"{json_path}: not valid JSON ({exc})") from None
+    if not isinstance(meta, dict):
+        raise InputError(f"{json_path}: expected a JSON object, got {type(meta).__name__}")
+    image_name = meta.get("image") or meta.get("image_file")
+    if not image_name or "/" in str(image_name) or str(image_name).startswith("."):
+        raise InputError(f"{json_path}: 'image' must name the image file beside it, got {image_name!r}")
+    sample_id = posixpath.basename(json_path)[: -len(".json")]
+    ext = posixpath.splitext(str(image_name))[1].lower() or ".png"
+    dest = raw_data / f"{sample_id}{ext}"
+    want_sha = str(meta.get("sha256") or "").lower()
+    if dest.is_file() and want_sha and hashlib.sha256(dest.read_bytes()).hexdigest() == want_sha:
+        return dest, meta
+    image_path = posixpath.join(posixpath.dirname(json_path), str(image_name))
+    try:
+        data = fs.cat_file(image_path)
+    except FileNotFoundError:
+        raise InputError(f"{json_path}: its image {image_path} is missing from the store") from None
+    if meta.get("size") is not None and int(meta["size"]) != len(data):
+        raise InputError(f"{image_path}: {len(data)} bytes, but {json_path} says {meta['size']}")
+    if want_sha and hashlib.sha256(data).hexdigest() != want_sha:
+        raise InputError(f"{image_path}: sha256 does not match {json_path} (corrupt or partial upload)")
+    atomic_write_bytes(dest, data)
+    return dest, meta
+
+
+# ----------------------------------------------------------------------------- the service
+
+
+class AnnotationService:
+    """The queue, the stages, and the collaborators (pre-annotation engine, Label Studio).
+
+    ``engine`` and ``ls`` are built lazily on first use so ``cloud status`` and the HTTP
+    endpoints work without loading SAM; tests may pass their own ``fault`` hook.
+    """
+
+    def __init__(self, config: ServiceConfig, *, fault: FaultHook | None = None) -> None:
+        self.config = config
+        self.layout = DatasetLayout(Path(config.dataset_dir))
+        self.queue = q.open_queue(config.queue_url)
+        self.metrics = Metrics()
+        self.fault = fault
+        self.wake = threading.Event()  # set by the webhook so ingestion runs at once
+        self.started_at = time.time()
+        self.last_step_at: float | None = None
+        self.last_poll_at = 0.0
+        self._engine = None
+        self._ls = None
+        self._store_fs, self._store_root = url_filesystem(config.store)
+
+    # -- collaborators ----------------------------------------------------------------
+
+    @property
+    def engine(self):
+        if self._engine is None:
+            from sedna_sam.cloud import adapters
+
+            self._engine = adapters.build_engine(self.config)
+        return self._engine
+
+    @property
+    def ls(self):
+        if self._ls is None:
+            from sedna_sam.cloud import adapters
+
+            self._ls = adapters.connect_label_studio(self.config)
+        return self._ls
+
+    def _at(self, point: str, sample_id: str) -> None:
+        if self.fault is not None:
+            self.fault(point, sample_id)
+
+    # -- one pass ---------------------------------------------------------------------
+
+    def scan(self) -> int:
+        """Add samples the store has and the queue does not; returns how many."""
+        known = self.queue.known_ids()
+        added = 0
+        for s in scan_store(self._store_fs, self._store_root):
+            if s.sample_id in known:
+                continue
+            if self.queue.receive(s.sample_id, node=s.node, source=s.json_path):
+                log.info("received %s from node %s", s.sample_id, s.node)
+                added += 1
+                known.add(s.sample_id)
+            self._at("scan:received", s.sample_id)
+        return added
+
+    def step(self, *, poll: bool | None = None) -> dict[str, int]:
+        """One pass: scan the store, run every stage on due samples, poll Label Studio
+        when due (or when ``poll`` is True). Returns samples moved per stage."""
+        moved = {"received": self.scan()}
+        for state, (stage, _) in STAGES.items():
+            if state == q.LABELLED and (poll or (poll is None and self._poll_due())):
+                moved["labelled"] = self.poll()
+            moved[stage] = sum(self.run_stage(state, s) for s in self.queue.claim(state, self.config.batch))
+        self.last_step_at = time.time()
+        return moved
+
+    def run_until_idle(self, max_steps: int = 50, *, poll: bool | None = None) -> None:
+        """Step until a pass moves nothing (tests and one-shot runs)."""
+        for _ in range(max_steps):
+            if not any(self.step(poll=poll).values()):
+                return
+
+    def run_stage(self, state: str, sample: q.Sample) -> bool:
+        """Run the stage out of ``state`` on one sample; failures are counted in the queue
+        (back-off, then ``failed``) and never stop the pass. A BaseException (a crash,
+        KeyboardInterrupt) is not caught: the process dies and a restart resumes."""
+        stage, func = STAGES[state]
+        start = time.perf_counter()
+        try:
+            func(self, sample)
+        except Exception as exc:  # noqa: BLE001 - one bad sample must not stop the service
+            seconds = time.perf_counter() - start
+            self.metrics.observe(stage, seconds, ok=False)
+            message = str(exc) if isinstance(exc, SednaSamError) else f"{type(exc).__name__}: {exc}"
+            after = self.queue.record_failure(
+                sample.sample_id,
+                state,
+                message,
+                max_attempts=self.config.max_attempts,
+                backoff_s=self.config.backoff_s,
+            )
+            level = logging.ERROR if after is not None and after.state == q.FAILED else logging.WARNING
+            log.log(
+                level,
+                "%s %s failed (attempt %s): %s",
+                stage,
+                sample.sample_id,
+                after and after.attempts,
+                message,
+            )
+            if not isinstance(exc, SednaSamError):
+                log.debug("%s", traceback.format_exc())
+            return False
+        self.metrics.observe(stage, time.perf_counter() - start, ok=True)
+        return True
+
+    # -- Label Studio tells us about annotations --------------------------------------
+
+    def annotation_event(self, task_id: int, annotation_id: int, updated_at: str | None) -> str:
+        """A person submitted or updated annotation ``annotation_id`` of task ``task_id``
+        (from the webhook or a poll). Idempotent; returns the queue's outcome."""
+        outcome = self.queue.mark_labelled(task_id, annotation_id, updated_at)
+        if outcome == q.LABELLED:
+            log.info("task %s: annotation %s (%s) to ingest", task_id, annotation_id, updated_at)
+            self.wake.set()
+        return outcome
+
+    def _poll_due(self) -> bool:
+        return time.time() - self.last_poll_at >= self.config.poll_interval_s
+
+    def poll(self) -> int:
+        """The webhook's fallback: ask Label Studio for the newest annotation of every task
+        still waiting for a person (and of ingested ones, for later corrections)."""
+        from sedna_sam.cloud import adapters
+
+        self.last_poll_at = time.time()
+        waiting = {
+            s.ls_task_id: s for s in self.queue.in_state(q.IN_LABEL_STUDIO) if s.ls_task_id is not None
+        }
+        waiting.update({s.ls_task_id: s for s in self.queue.in_state(q.INGESTED) if s.ls_task_id is not None})
+        if not waiting:
+            return 0
+        moved = 0
+        try:
+            latest = adapters.latest_annotations(self.ls, list(waiting))
+        except Exception as exc:  # noqa: BLE001 - Label Studio down: try again next poll
+            log.warning("polling Label Studio failed: %s", exc)
+            return 0
+        for task_id, (annotation_id, updated_at) in latest.items():
+            if self.annotation_event(task_id, annotation_id, updated_at) == q.LABELLED:
+                moved += 1
+        return moved
+
+
+# ----------------------------------------------------------------------------- stages
+
+
+def pre_annotate(service: AnnotationService, sample: q.Sample) -> None:
+    """received -> pre_annotated: fetch and check the image, SAM + voting, write the SSA
+    JSON and the Label Studio task JSON (both atomic; skipped when already there)."""
+    from sedna_sam.cloud import adapters
+
+    layout = service.layout
+    image, meta = fetch_sample(service._store_fs, sample.source, layout.raw_data)
+    service._at("pre_annotate:fetched", sample.sample_id)
+    adapters.pre_annotate(service.engine, service.config, layout, image)
+    service._at("pre_annotate:written", sample.sample_id)
+    service.queue.advance(sample.sample_id, q.RECEIVED, q.PRE_ANNOTATED, image_path=str(image), meta=meta)
+    service._at("pre_annotate:committed", sample.sample_id)
+
+
+def push(service: AnnotationService, sample: q.Sample) -> None:
+    """pre_annotated -> in_label_studio: one prediction task per image. The task id is
+    stored before the state moves, and the push itself finds an existing task for the
+    same image, so a restart at any point never creates a second one."""
+    from sedna_sam.cloud import adapters
+
+    task_id = sample.ls_task_id
+    if task_id is None:
+        task_id = adapters.push_task(service.ls, service.layout, Path(sample.image_path))
+        service._at("push:created", sample.sample_id)
+        service.queue.set_task(sample.sample_id, task_id)
+        service._at("push:stored", sample.sample_id)
+    service.queue.advance(sample.sample_id, q.PRE_ANNOTATED, q.IN_LABEL_STUDIO)
+    log.info("%s is Label Studio task %s", sample.sample_id, task_id)
+    service._at("push:committed", sample.sample_id)
+
+
+def ingest(service: AnnotationService, sample: q.Sample) -> None:
+    """labelled -> ingested: the person's polygons -> 16-bit TrainIds PNG -> one index
+    line. The transition only happens if the annotation is still the version converted
+    (a correction that arrived meanwhile is ingested on the next pass)."""
+    from sedna_sam.cloud import adapters
+
+    image = Path(sample.image_path)
+    label = service.layout.trainids(image.stem)
+    adapters.write_trainids_from_task(
+        service.ls, service.config.labels, sample.ls_task_id, sample.annotation_id, label
+    )
+    service._at("ingest:trainids", sample.sample_id)
+    added = adapters.append_index(service.config.index_path, image, label)
+    service._at("ingest:indexed", sample.sample_id)
+    moved = service.queue.advance(
+        sample.sample_id,
+        q.LABELLED,
+        q.INGESTED,
+        expect={"annotation_at": sample.annotation_at, "annotation_id": sample.annotation_id},
+        ingested_annotation_at=sample.annotation_at,
+    )
+    log.info(
+        "%s ingested%s%s",
+        sample.sample_id,
+        "" if added else " (index line already there)",
+        "" if moved else "; a newer annotation arrived, ingesting again",
+    )
+    service._at("ingest:committed", sample.sample_id)
+
+
+# Stage out of each state, in pipeline order. ``in_label_studio`` has no stage: it waits
+# for a person (webhook or poll).
+STAGES: dict[str, tuple[str, Callable[[AnnotationService, q.Sample], None]]] = {
+    q.RECEIVED: ("pre_annotate", pre_annotate),
+    q.PRE_ANNOTATED: ("push", push),
+    q.LABELLED: ("ingest", ingest),
+}
+
+# Points where ``fault`` is called, in pipeline order (tests crash at each one).
+FAULT_POINTS = (
+    "scan:received",
+    "pre_annotate:fetched",
+    "pre_annotate:written",
+    "pre_annotate:committed",
+    "push:created",
+    "push:stored",
+    "push:committed",
+    "ingest:trainids",
+    "ingest:indexed",
+    "ingest:committed",
+)

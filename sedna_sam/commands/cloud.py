@@ -1,0 +1,251 @@
+"""``sedna-sam cloud serve|status|retry``: the cloud annotation service and its queue."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+from sedna_sam.commands import add_config_path, add_dataset_dir
+
+SERVE_DESCRIPTION = """\
+Run the cloud annotation service: pick up samples the edge shipped to the store
+(<store>/flagged/<node>/<id>.json + image), check and copy each image into the dataset's
+raw_data/, pre-annotate it (SAM + semantic voting), push it to Label Studio as a task with
+predictions, wait for a person to submit or correct the annotation (webhook POST /webhook,
+polling as a fallback), convert it to a 16-bit TrainIds PNG and append
+"<image> <label>" to the Sedna Dataset's txt index. Sedna's local controller counts those
+lines and starts training when the LifelongLearningJob trigger is passed.
+
+Every step is recorded in a queue (SQLite by default); a killed service resumes where it
+stopped, without a second Label Studio task or a second index line.
+
+HTTP: GET /healthz, GET /metrics (Prometheus), POST /webhook (Label Studio).
+The webhook needs the shared secret: header X-Sedna-Sam-Secret (or ?secret=) equal to
+$SEDNA_SAM_WEBHOOK_SECRET. With --webhook-url the service registers that webhook in
+Label Studio itself (the secret travels as a webhook header, never in logs).
+
+env (flags win): SEDNA_SAM_STORE, SEDNA_SAM_DATASET_DIR, SEDNA_SAM_INDEX,
+SEDNA_SAM_QUEUE_URL, LABEL_STUDIO_URL, LABEL_STUDIO_API_KEY (secret),
+LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT, SEDNA_SAM_LS_PROJECT, SEDNA_SAM_WEBHOOK_SECRET
+(secret), SEDNA_SAM_WEBHOOK_URL, S3_ENDPOINT_URL / ACCESS_KEY_ID / SECRET_ACCESS_KEY
+(s3:// store), LOG_LEVEL.
+
+example (one machine, tiny random models, a local Label Studio):
+  sedna-sam cloud serve --store /data/store --dataset-dir /data/dataset \\
+      --tiny-random-models --port 8000
+"""
+
+STATUS_DESCRIPTION = """\
+Print the annotation queue: how many samples are in each state
+(received, pre_annotated, in_label_studio, labelled, ingested, failed) and the last errors.
+Reads only the queue database; the service may be running.
+"""
+
+
+def add_queue_options(parser: argparse.ArgumentParser) -> None:
+    add_dataset_dir(parser, required=False)
+    parser.set_defaults(dataset_dir=os.environ.get("SEDNA_SAM_DATASET_DIR"))
+    parser.add_argument(
+        "--queue-url",
+        default=os.environ.get("SEDNA_SAM_QUEUE_URL"),
+        help="queue database URL (default $SEDNA_SAM_QUEUE_URL, else "
+        "sqlite:///<dataset-dir>/cloud-queue.sqlite); postgresql:// is reserved for several replicas",
+    )
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    cloud = subparsers.add_parser("cloud", help="cloud annotation service: serve, status, retry")
+    sub = cloud.add_subparsers(dest="cloud_command", metavar="ACTION")
+
+    serve = sub.add_parser(
+        "serve",
+        help="run the annotation service (store -> SAM -> Label Studio -> TrainIds -> Sedna index)",
+        description=SERVE_DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_queue_options(serve)
+    serve.add_argument(
+        "--store",
+        default=os.environ.get("SEDNA_SAM_STORE"),
+        help="store directory or s3:// URL the edge ships to (default $SEDNA_SAM_STORE)",
+    )
+    serve.add_argument(
+        "--index",
+        default=os.environ.get("SEDNA_SAM_INDEX"),
+        help="the Sedna Dataset's txt index to append to (default $SEDNA_SAM_INDEX, else <dataset-dir>/index.txt)",
+    )
+    add_config_path(serve)
+    serve.add_argument("--host", default="0.0.0.0", help="HTTP address (default 0.0.0.0)")
+    serve.add_argument("--port", type=int, default=8000, help="HTTP port (default 8000; 0 = any free port)")
+    serve.add_argument(
+        "--ls-url",
+        default=os.environ.get("LABEL_STUDIO_URL"),
+        help="Label Studio URL (default $LABEL_STUDIO_URL)",
+    )
+    serve.add_argument(
+        "--project",
+        default=os.environ.get("SEDNA_SAM_LS_PROJECT") or "sedna-sam corner cases",
+        help="Label Studio project id or title; made if missing (default $SEDNA_SAM_LS_PROJECT or 'sedna-sam corner cases')",
+    )
+    serve.add_argument(
+        "--webhook-url",
+        default=os.environ.get("SEDNA_SAM_WEBHOOK_URL"),
+        help="URL Label Studio should POST annotation events to, e.g. "
+        "http://sedna-sam-annotation:8000/webhook; registered at start (default $SEDNA_SAM_WEBHOOK_URL; "
+        "unset: polling only)",
+    )
+    serve.add_argument(
+        "--poll-interval", type=float, default=30.0, help="seconds between Label Studio polls (default 30)"
+    )
+    serve.add_argument("--interval", type=float, default=5.0, help="seconds between store scans (default 5)")
+    serve.add_argument("--batch", type=int, default=8, help="samples per stage per pass (default 8)")
+    serve.add_argument(
+        "--max-attempts", type=int, default=5, help="tries per stage before a sample is failed (default 5)"
+    )
+    serve.add_argument("--once", action="store_true", help="do the work there is, without HTTP, then exit")
+    engine = serve.add_argument_group("pre-annotation")
+    engine.add_argument(
+        "--sam-checkpoint", default=None, help="SAM checkpoint file (default: the models directory's vit_h)"
+    )
+    engine.add_argument(
+        "--sam-model", default=None, help="SAM model type: vit_h, vit_l, vit_b (default: from the checkpoint)"
+    )
+    engine.add_argument(
+        "--semantic-model", default=None, help="Segformer directory or hub id for the semantic branch"
+    )
+    engine.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda when available)")
+    engine.add_argument(
+        "--tiny-random-models",
+        action="store_true",
+        help="use tiny random-weight SAM and Segformer (offline demos and tests; the labels are noise)",
+    )
+    serve.set_defaults(func=run_serve)
+
+    status = sub.add_parser(
+        "status", help="queue states and counts, last errors", description=STATUS_DESCRIPTION
+    )
+    add_queue_options(status)
+    status.add_argument("--errors", type=int, default=10, help="how many recent errors to list (default 10)")
+    status.set_defaults(func=run_status)
+
+    retry = sub.add_parser("retry", help="put failed samples back where they failed")
+    add_queue_options(retry)
+    retry.add_argument("sample_id", nargs="?", default=None, help="one sample (default: every failed sample)")
+    retry.set_defaults(func=run_retry)
+
+    cloud.set_defaults(func=lambda args: (cloud.print_help(), 2)[1])
+
+
+def queue_url(args: argparse.Namespace) -> str:
+    from sedna_sam.errors import SednaSamError
+
+    if args.queue_url:
+        return args.queue_url
+    if not args.dataset_dir:
+        raise SednaSamError("say where the queue is: --queue-url, --dataset-dir or $SEDNA_SAM_DATASET_DIR")
+    return f"sqlite:///{Path(args.dataset_dir).resolve() / 'cloud-queue.sqlite'}"
+
+
+def build_config(args: argparse.Namespace):
+    from sedna_sam.cloud.service import ServiceConfig
+    from sedna_sam.errors import SednaSamError
+    from sedna_sam.labels import load_labels
+
+    missing = [f for f, v in (("--store", args.store), ("--dataset-dir", args.dataset_dir)) if not v]
+    if missing:
+        raise SednaSamError(
+            f"cloud serve needs {' and '.join(missing)} (or $SEDNA_SAM_STORE / $SEDNA_SAM_DATASET_DIR)"
+        )
+    dataset_dir = Path(args.dataset_dir).resolve()
+    return ServiceConfig(
+        store=args.store,
+        dataset_dir=dataset_dir,
+        index_path=Path(args.index).resolve() if args.index else dataset_dir / "index.txt",
+        queue_url=queue_url(args),
+        labels=load_labels(args.config_path),
+        ls_url=(args.ls_url or "").rstrip("/"),
+        ls_token=os.environ.get("LABEL_STUDIO_API_KEY") or "",
+        project=args.project,
+        document_root=os.environ.get("LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT"),
+        webhook_secret=os.environ.get("SEDNA_SAM_WEBHOOK_SECRET") or "",
+        webhook_url=args.webhook_url or "",
+        annotate={
+            "sam_checkpoint": args.sam_checkpoint,
+            "sam_model": args.sam_model,
+            "semantic_model": args.semantic_model,
+            "device": args.device,
+            "tiny_random_models": args.tiny_random_models,
+        },
+        batch=args.batch,
+        poll_interval_s=args.poll_interval,
+        max_attempts=args.max_attempts,
+    )
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    import logging
+
+    from sedna_sam.cloud.server import serve
+    from sedna_sam.cloud.service import AnnotationService
+
+    log = logging.getLogger("sedna_sam.cloud")
+    config = build_config(args)
+    if not config.webhook_secret:
+        log.warning(
+            "SEDNA_SAM_WEBHOOK_SECRET is not set: every webhook request will be refused; polling only"
+        )
+    service = AnnotationService(config)
+    if args.once:
+        service.run_until_idle(poll=True)
+        print(format_status(service.queue))
+        return 0
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    serve(service, args.host, args.port, interval_s=args.interval, stop=stop)
+    return 0
+
+
+def format_status(queue, errors: int = 10) -> str:
+    from sedna_sam.cloud.queue import ALL_STATES
+
+    counts = queue.counts()
+    lines = [f"{'state':<16} {'samples':>8}"]
+    lines += [f"{state:<16} {counts[state]:>8}" for state in ALL_STATES]
+    lines.append(f"{'total':<16} {sum(counts.values()):>8}")
+    recent = queue.last_errors(errors)
+    if recent:
+        lines.append("")
+        lines.append("last errors:")
+        for s in recent:
+            when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(s.updated_at))
+            where = s.failed_from or s.state
+            lines.append(
+                f"  {when} {s.sample_id} [{s.state}, at {where}, attempt {s.attempts}]: {s.last_error}"
+            )
+    return "\n".join(lines)
+
+
+def run_status(args: argparse.Namespace) -> int:
+    from sedna_sam.cloud.queue import open_queue, sqlite_path
+    from sedna_sam.errors import SednaSamError
+
+    url = queue_url(args)
+    if url.startswith("sqlite") and not sqlite_path(url).exists():
+        raise SednaSamError(
+            f"no queue at {sqlite_path(url)} (has `sedna-sam cloud serve` run with this dataset?)"
+        )
+    print(format_status(open_queue(url), args.errors))
+    return 0
+
+
+def run_retry(args: argparse.Namespace) -> int:
+    from sedna_sam.cloud.queue import open_queue
+
+    n = open_queue(queue_url(args)).retry(args.sample_id)
+    print(f"{n} failed sample(s) put back in the queue")
+    return 0

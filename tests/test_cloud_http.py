@@ -1,0 +1,160 @@
+"""The service's HTTP face over a real socket: /healthz, /metrics (parsed with the
+Prometheus client's own parser), and /webhook's shared-secret check."""
+
+from __future__ import annotations
+
+import json
+import threading
+import urllib.error
+import urllib.request
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from sedna_sam.cloud import queue as q
+from sedna_sam.cloud.server import SECRET_HEADER, serve
+from sedna_sam.cloud.service import AnnotationService, ServiceConfig
+
+SECRET = "s3cret-for-tests"
+
+
+@pytest.fixture
+def running(tmp_path, labels):
+    """A service (empty store, no Label Studio needed for these endpoints) on a free port."""
+    (tmp_path / "store").mkdir()
+    config = ServiceConfig(
+        store=str(tmp_path / "store"),
+        dataset_dir=tmp_path / "dataset",
+        index_path=tmp_path / "dataset" / "index.txt",
+        queue_url=f"sqlite:///{tmp_path}/queue.sqlite",
+        labels=labels,
+        webhook_secret=SECRET,
+        poll_interval_s=3600,
+    )
+    service = AnnotationService(config)
+    stop, ready = threading.Event(), threading.Event()
+    box = {}
+
+    def on_ready(server):
+        box["url"] = f"http://127.0.0.1:{server.server_address[1]}"
+        ready.set()
+
+    thread = threading.Thread(
+        target=serve,
+        args=(service, "127.0.0.1", 0),
+        kwargs={"interval_s": 0.05, "stop": stop, "ready": on_ready},
+    )
+    thread.start()
+    assert ready.wait(10)
+    yield service, box["url"]
+    stop.set()
+    service.wake.set()
+    thread.join(10)
+
+
+def request(url, body=None, headers=None, method=None):
+    data = None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(url, data=data, headers=headers or {}, method=method)
+    try:
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            return resp.status, resp.headers, resp.read().decode()
+    except urllib.error.HTTPError as err:
+        return err.code, err.headers, err.read().decode()
+
+
+def hook(task_id, annotation_id, updated_at, action="ANNOTATION_CREATED"):
+    """The shape Label Studio POSTs (label_studio/webhooks: action, annotation, task, project)."""
+    return {
+        "action": action,
+        "annotation": {"id": annotation_id, "task": task_id, "updated_at": updated_at, "result": []},
+        "task": {"id": task_id, "data": {"image": "/data/local-files/?d=x.png"}},
+        "project": {"id": 1},
+    }
+
+
+def waiting_sample(service, sample_id="s1", task_id=11):
+    service.queue.receive(sample_id, node="edge-1")
+    service.queue.advance(sample_id, q.RECEIVED, q.PRE_ANNOTATED)
+    service.queue.set_task(sample_id, task_id)
+    service.queue.advance(sample_id, q.PRE_ANNOTATED, q.IN_LABEL_STUDIO)
+
+
+def test_healthz(running):
+    service, url = running
+    status, _, body = request(url + "/healthz")
+    assert status == 200
+    assert json.loads(body)["queue"]["received"] == 0
+    assert request(url + "/nope")[0] == 404
+
+
+@pytest.mark.parametrize(
+    "headers, path, expected",
+    [
+        ({}, "/webhook", 401),
+        ({SECRET_HEADER: "wrong"}, "/webhook", 403),
+        ({SECRET_HEADER: SECRET + "x"}, "/webhook", 403),
+        ({}, "/webhook?secret=wrong", 403),
+    ],
+)
+def test_forged_webhook_is_refused(running, headers, path, expected):
+    service, url = running
+    waiting_sample(service)
+    status, _, _ = request(
+        url + path, hook(11, 5, "2026-01-01T00:00:00Z"), {"Content-Type": "application/json", **headers}
+    )
+    assert status == expected
+    assert service.queue.get("s1").state == q.IN_LABEL_STUDIO  # nothing changed
+
+
+def test_webhook_with_secret_marks_labelled_once(running):
+    service, url = running
+    waiting_sample(service)
+    headers = {"Content-Type": "application/json", SECRET_HEADER: SECRET}
+    status, _, body = request(url + "/webhook", hook(11, 5, "t1"), headers)
+    assert (status, json.loads(body)["result"]) == (200, q.LABELLED)
+    # Label Studio may deliver twice; the secret in the URL works too.
+    status, _, body = request(
+        url + f"/webhook?secret={SECRET}", hook(11, 5, "t1"), {"Content-Type": "application/json"}
+    )
+    assert json.loads(body)["result"] == "unchanged"
+    assert request(url + "/webhook", hook(999, 1, "t"), headers)[2] == '{"result": "unknown-task"}'
+    other = {"action": "PROJECT_UPDATED", "project": {"id": 1}}
+    assert json.loads(request(url + "/webhook", other, headers)[2])["result"] == "ignored"
+    assert request(url + "/webhook", {"action": "ANNOTATION_CREATED"}, headers)[0] == 400
+    s = service.queue.get("s1")
+    # The worker loop then tries to ingest (no Label Studio here: a counted failure).
+    assert (s.annotation_id, s.annotation_at) == (5, "t1")
+
+
+def test_metrics_parse_as_prometheus_text(running):
+    service, url = running
+    waiting_sample(service)
+    request(url + "/webhook", hook(11, 5, "t1"), {})  # refused: counted
+    service.metrics.observe("pre_annotate", 1.7, ok=True)
+    service.metrics.observe("push", 0.02, ok=True)
+    status, headers, text = request(url + "/metrics")
+    assert status == 200 and headers["Content-Type"].startswith("text/plain; version=0.0.4")
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    depth = {s.labels["state"]: s.value for s in families["sedna_sam_queue_samples"].samples}
+    assert set(depth) == set(q.ALL_STATES)
+    assert depth[q.IN_LABEL_STUDIO] + depth[q.LABELLED] == 1
+    assert families["sedna_sam_stage_seconds"].type == "histogram"
+    buckets = {
+        (s.labels["stage"], s.labels["le"]): s.value
+        for s in families["sedna_sam_stage_seconds"].samples
+        if s.name.endswith("_bucket")
+    }
+    assert buckets[("pre_annotate", "1.0")] == 0 and buckets[("pre_annotate", "2.5")] == 1
+    assert buckets[("push", "0.05")] == 1 and buckets[("push", "+Inf")] == 1
+    processed = {s.labels["stage"]: s.value for s in families["sedna_sam_samples_processed"].samples}
+    assert processed["pre_annotate"] == 1
+    refused = {s.labels["outcome"]: s.value for s in families["sedna_sam_webhook_requests"].samples}
+    assert refused["refused"] == 1
+
+
+def test_empty_secret_refuses_everything():
+    from sedna_sam.cloud.server import check_secret
+
+    assert check_secret("", "anything") == 403
+    assert check_secret("", "") == 401
+    assert check_secret("abc", "abc") is None
