@@ -165,11 +165,12 @@ def polygon_results(
     """Label Studio ``polygonlabels`` regions for a (H, W) bool mask, points in percent of
     width/height, largest part first (a Label Studio polygon has no holes; each connected
     part becomes one region)."""
-    from sedna_sam.geometry import polygons_from_mask
+    from sedna_sam.geometry import polygon_area, polygons_from_mask
 
     h, w = mask.shape
     out = []
-    for poly in polygons_from_mask(mask, tolerance_px=tolerance_px, min_area_px=min_area_px):
+    polygons = polygons_from_mask(mask, tolerance_px=tolerance_px, min_area_px=min_area_px)
+    for poly in sorted(polygons, key=polygon_area, reverse=True):
         pts = np.asarray(poly, dtype=np.float64)
         pts = np.stack([pts[:, 0] * 100.0 / w, pts[:, 1] * 100.0 / h], axis=1)
         out.append(
