@@ -176,7 +176,7 @@ def task_from_regions(
 def task_from_class_map(
     class_map: np.ndarray,
     labels: LabelSet,
-    image_ref: str,
+    image_url: str,
     *,
     kind: str = "predictions",
     model_version: str = "sedna-sam",
@@ -197,13 +197,13 @@ def task_from_class_map(
     present = {int(v) for v in np.unique(class_map)} - {IGNORE_ID}
     unknown = sorted(present - set(labels.id2label))
     if unknown:
-        raise InputError(f"{image_ref}: class ids {unknown} are not in the labels config {labels.source}")
+        raise InputError(f"{image_url}: class ids {unknown} are not in the labels config {labels.source}")
     regions, dropped = regions_from_class_map(class_map, tolerance_px, min_area_px)
     h, w = class_map.shape
     results = polygon_results(regions, labels, w, h, from_name, to_name)
     if stats is not None:
         stats.update(regions=len(regions), vertices=sum(len(r.points) for r in regions), dropped=dropped)
-    return task_from_regions(results, image_ref, kind=kind, model_version=model_version, score=score)
+    return task_from_regions(results, image_url, kind=kind, model_version=model_version, score=score)
 
 
 # ---------------------------------------------------------------- exports we read
