@@ -165,6 +165,7 @@ class ModelWatcher:
         self.scorer_name = scorer
         self.threshold = threshold
         self.reloads = 0
+        self._failed: tuple = ()
         self.current = self._load()
         self._last_check = time.monotonic()
 
@@ -200,11 +201,13 @@ class ModelWatcher:
         except SednaSamError as exc:
             log.error("model check failed (%s); keeping version %s", exc, self.current.version)
             return False
-        if model_dir == self.current.model_dir and model_fingerprint(model_dir) == self.current.fingerprint:
+        fingerprint = model_fingerprint(model_dir)
+        if (model_dir, fingerprint) in ((self.current.model_dir, self.current.fingerprint), self._failed):
             return False
         try:
             new = self._load()
         except Exception as exc:  # a half-copied model: keep serving the old one
+            self._failed = (model_dir, fingerprint)  # retried once these files change again
             log.error(
                 "new model at %s does not load (%s); keeping version %s", model_dir, exc, self.current.version
             )
@@ -363,6 +366,7 @@ class EdgeWorker:
         """Process frames until the source ends (or ``stop`` is set); returns the report."""
         stop = stop or threading.Event()
         s = self.settings
+        self.report = BatchReport("frames")
         timing_file = open(s.timing_log, "a", encoding="utf-8") if s.timing_log else None
         min_interval = 1.0 / s.max_fps if s.max_fps else 0.0
         next_slot = time.monotonic()
