@@ -50,6 +50,22 @@ def _fresh(output: Path, *inputs: Path) -> bool:
     return all(p.stat().st_mtime <= out_time for p in inputs if p.exists())
 
 
+def _read_task(path: Path) -> dict[str, Any] | None:
+    """A task file written earlier, or None when it cannot be read (it is then redone)."""
+    try:
+        task = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return task if isinstance(task, dict) else None
+
+
+def _mean_predicted_iou(annotations: list[dict[str, Any]]) -> float | None:
+    """Prediction score for Label Studio (sorting, active learning): the mean SAM
+    ``predicted_iou`` of the SSA records, None when they carry none."""
+    scores = [float(a["predicted_iou"]) for a in annotations if isinstance(a, dict) and "predicted_iou" in a]
+    return round(float(np.mean(scores)), 4) if scores else None
+
+
 def ssa_files(layout: DatasetLayout) -> list[tuple[str, Path]]:
     """(stem, path) of every ``<stem>_semantic.json`` in ``ssa_output/``, sorted."""
     if not layout.ssa_output.is_dir():
@@ -98,9 +114,9 @@ def ssa_to_ls(
                 raise InputError(f"{ssa_path}: no image {stem}.<ext> in {layout.raw_data}")
             url = image_url(image, image_root)
             if not overwrite and _fresh(out, ssa_path):
-                task = json.loads(out.read_text(encoding="utf-8"))
-                made_with = (task.get("meta") or {}).get("sedna_sam", {}).get("options")
-                if made_with == options and task.get("data", {}).get("image") == url:
+                task = _read_task(out)
+                made_with = ((task or {}).get("meta") or {}).get("sedna_sam", {}).get("options")
+                if task and made_with == options and task.get("data", {}).get("image") == url:
                     all_tasks.append(task)
                     report.skip()
                     continue
@@ -119,6 +135,7 @@ def ssa_to_ls(
                 model_version=model_version,
                 tolerance_px=tolerance_px,
                 min_area_px=min_area_px,
+                score=_mean_predicted_iou(ssa.annotations),
                 stats=stats,
             )
             task["meta"] = {"sedna_sam": {"stem": stem, "source": ssa_path.name, "options": options}}

@@ -314,3 +314,16 @@ def test_examples_dataset_images_are_small_and_readable():
     assert len(images) >= 2 and any(" " in p.name or "-" in p.name for p in images)
     for p in images:
         assert p.stat().st_size < 100_000 and cv2.imread(str(p)) is not None
+
+
+def test_prediction_score_from_sam_records_and_corrupt_task_is_redone(docroot):
+    root = docroot / "d"
+    truth = add_image(root, "a.jpg", 64, 128, seed=1)
+    records = [{"predicted_iou": 0.9, "class_name": "road"}, {"predicted_iou": 0.8, "class_name": "car"}]
+    write_ssa(DatasetLayout(root).ssa_json("a"), truth.astype(np.uint16), records)
+    assert main(["ssa-to-ls", "--dataset-dir", str(root)]) == 0
+    task_file = DatasetLayout(root).ls_task("a")
+    assert json.loads(task_file.read_text())["predictions"][0]["score"] == pytest.approx(0.85)
+    task_file.write_text("{trunc")  # e.g. edited by hand; newer than the SSA file
+    assert main(["ssa-to-ls", "--dataset-dir", str(root)]) == 0
+    assert json.loads(task_file.read_text())["predictions"][0]["score"] == pytest.approx(0.85)
