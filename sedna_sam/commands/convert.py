@@ -71,7 +71,11 @@ def _labeling_config(args: argparse.Namespace) -> int:
 def _common(p: argparse.ArgumentParser) -> None:
     add_dataset_dir(p)
     add_config_path(p)
-    p.add_argument("--overwrite", action="store_true", help="redo outputs that are newer than their input")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="redo every output (default: keep outputs newer than their input)",
+    )
 
 
 def register(subparsers) -> None:
@@ -102,7 +106,13 @@ def register(subparsers) -> None:
         default="predictions",
         help="import the polygons as editable predictions (default) or as finished annotations",
     )
-    p.add_argument("--model-version", "--model_version", dest="model_version", default="sedna-sam-ssa")
+    p.add_argument(
+        "--model-version",
+        "--model_version",
+        dest="model_version",
+        default="sedna-sam-ssa",
+        help="model_version of the predictions, shown and filterable in Label Studio (default sedna-sam-ssa)",
+    )
     p.add_argument(
         "--tolerance",
         type=float,
