@@ -134,3 +134,13 @@ def test_metrics():
     truth = np.array([[0, 0], [1, 255]])
     assert pixel_accuracy(np.array([[0, 1], [1, 0]]), truth) == pytest.approx(2 / 3)
     assert mean_iou(truth, truth) == 1.0
+
+
+def test_unlabelled_hole_is_filled_by_its_region():
+    # documented limit: a Label Studio polygon cannot have an empty hole, so 255 pixels
+    # enclosed by one class come back as that class (SSA maps have no 255 pixels).
+    class_map = np.full((10, 10), 255, dtype=np.uint16)
+    class_map[1:9, 1:9] = 3
+    class_map[4:6, 4:6] = 255
+    out = round_trip(class_map)
+    assert (out[1:9, 1:9] == 3).all() and (out[0] == 255).all()
