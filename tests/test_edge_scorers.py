@@ -111,3 +111,16 @@ def test_thresholds_for_rate_is_the_upper_quantile():
     assert flagged == pytest.approx(6 / 101)  # 0.95 .. 1.00 inclusive
     with pytest.raises(SednaSamError):
         thresholds_for_rate(scores, 1.5)
+
+
+def test_auroc_known_values():
+    from sedna_sam.edge.scorers import auroc
+
+    assert auroc([0.1, 0.2], [0.8, 0.9]) == 1.0
+    assert auroc([0.8, 0.9], [0.1, 0.2]) == 0.0
+    assert auroc([0.5, 0.5], [0.5]) == 0.5  # ties count half
+    assert auroc([0.1, 0.4, 0.35, 0.8], [0.9, 0.3]) == pytest.approx(5 / 8)  # 0.9 beats 4 known, 0.3 beats 1
+    rng = np.random.default_rng(1)
+    known, unknown = rng.normal(0, 1, 300), rng.normal(1, 1, 200)
+    pairs = (unknown[:, None] > known[None, :]).mean()
+    assert auroc(known, unknown) == pytest.approx(pairs)

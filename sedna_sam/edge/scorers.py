@@ -149,3 +149,27 @@ class LowConfidenceFractionScorer(Scorer):
 def all_scores(logits) -> dict[str, float]:
     """Every registered scorer's score (default settings) for one frame's logits."""
     return {name: SCORERS.create(name).score(logits) for name in SCORERS.names()}
+
+
+def auroc(known: list[float] | np.ndarray, unknown: list[float] | np.ndarray) -> float:
+    """Area under the ROC curve of a score separating ``unknown`` (positives) from
+    ``known`` frames: the probability that a random unknown frame scores higher than a
+    random known one, ties counting half (Mann-Whitney U / (n_known * n_unknown))."""
+    neg = np.asarray(known, np.float64).ravel()
+    pos = np.asarray(unknown, np.float64).ravel()
+    if neg.size == 0 or pos.size == 0:
+        raise ValueError("auroc needs at least one known and one unknown score")
+    both = np.concatenate([neg, pos])
+    order = np.argsort(both, kind="mergesort")
+    ranks = np.empty(both.size, np.float64)
+    sorted_vals = both[order]
+    # average ranks over ties (1-based)
+    start = 0
+    while start < both.size:
+        end = start
+        while end + 1 < both.size and sorted_vals[end + 1] == sorted_vals[start]:
+            end += 1
+        ranks[order[start : end + 1]] = (start + end) / 2.0 + 1.0
+        start = end + 1
+    u = ranks[neg.size :].sum() - pos.size * (pos.size + 1) / 2.0
+    return float(u / (neg.size * pos.size))
