@@ -27,7 +27,7 @@ OVERLAYS = sorted(p.parent.name for p in (MANIFESTS / "overlays").glob("*/kustom
 SECRET_NAME = "sedna-sam-secrets"
 PLACEHOLDERS = re.compile(
     r"\b(CLOUD_NODE|EDGE_NODE|CLOUD_IMAGE|EDGE_IMAGE|LABEL_STUDIO_IMAGE|LABEL_STUDIO_ADMIN|DATA_ROOT|"
-    r"EDGE_DATA_ROOT|DATASET_URL|STORE_URL|OUTPUT_DIR)\b"
+    r"EDGE_DATA_ROOT|EDGE_SOURCE|DATASET_URL|STORE_URL|OUTPUT_DIR)\b"
 )
 
 # What Sedna's global manager sets itself in each worker kind (DESIGN.md section 5; never set
@@ -245,6 +245,35 @@ def test_settings_validate_and_reach_the_objects(overlay):
         store = {e["name"]: e.get("value") for e in c.get("env", [])}.get("SEDNA_SAM_STORE")
         if store is not None:
             assert store == settings["storeUrl"]
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_objects_agree_with_each_other(overlay):
+    """The annotation service appends to the index the Dataset names, Label Studio serves the
+    directory the service writes tasks for, the webhook reaches the service, and both sides
+    use the same Label Studio token."""
+    docs = {(d["kind"], d["metadata"]["name"]): d for d in render(f"overlays/{overlay}")}
+    annotation = docs[("Deployment", "sedna-sam-annotation")]["spec"]["template"]["spec"]
+    studio = docs[("Deployment", "label-studio")]["spec"]["template"]["spec"]["containers"][0]
+    service = next(c for c in annotation["containers"] if c["name"] == "annotation")
+    env = {e["name"]: e for e in service["env"]}
+    ls_env = {e["name"]: e for e in studio["env"]}
+    dataset = docs[("Dataset", "sedna-sam-dataset")]["spec"]
+    assert env["SEDNA_SAM_INDEX"]["value"] == dataset["url"]
+    assert dataset["url"].startswith(env["SEDNA_SAM_DATASET_DIR"]["value"] + "/")
+    root = ls_env["LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT"]["value"]
+    assert env["LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT"]["value"] == root
+    assert env["SEDNA_SAM_DATASET_DIR"]["value"].startswith(root + "/"), (
+        "Label Studio must see the dataset images"
+    )
+    ls_service = docs[("Service", "label-studio")]["spec"]["ports"][0]["port"]
+    assert env["LABEL_STUDIO_URL"]["value"] == f"http://label-studio:{ls_service}"
+    port = docs[("Service", "sedna-sam-annotation")]["spec"]["ports"][0]["port"]
+    assert env["SEDNA_SAM_WEBHOOK_URL"]["value"] == f"http://sedna-sam-annotation:{port}/webhook"
+    token = env["LABEL_STUDIO_API_KEY"]["valueFrom"]["secretKeyRef"]
+    assert ls_env["LABEL_STUDIO_USER_TOKEN"]["valueFrom"]["secretKeyRef"] == token
+    mounts = {m["mountPath"] for m in service["volumeMounts"]}
+    assert root in mounts and root in {m["mountPath"] for m in studio["volumeMounts"]}
 
 
 # ---------------------------------------------------------------------------- Sedna objects
