@@ -119,6 +119,7 @@ def ssa_to_ls(
                 if task and made_with == options and task.get("data", {}).get("image") == url:
                     all_tasks.append(task)
                     report.skip()
+                    report.count("up-to-date tasks kept")
                     continue
             ssa = read_ssa(ssa_path)
             width, height = image_size(image)
@@ -223,6 +224,7 @@ def exported_to_trainids(
     for stem, task in tqdm(by_stem.items(), desc="ls-to-trainids", unit="image", disable=not progress):
         if newer_than is not None and _fresh(layout.trainids(stem), newer_than):
             report.skip()
+            report.count("outputs newer than the export kept (--overwrite redoes them)")
             continue
         try:
             task_to_trainids(
@@ -288,6 +290,7 @@ def ssa_to_trainids(
         out = layout.trainids(stem)
         if not overwrite and _fresh(out, ssa_path):
             report.skip()
+            report.count("outputs newer than their SSA file kept (--overwrite redoes them)")
             continue
         try:
             class_map = read_ssa(ssa_path).class_map.astype(np.uint16)
