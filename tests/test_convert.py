@@ -327,3 +327,58 @@ def test_prediction_score_from_sam_records_and_corrupt_task_is_redone(docroot):
     task_file.write_text("{trunc")  # e.g. edited by hand; newer than the SSA file
     assert main(["ssa-to-ls", "--dataset-dir", str(root)]) == 0
     assert json.loads(task_file.read_text())["predictions"][0]["score"] == pytest.approx(0.85)
+
+
+def test_round_trip_through_a_real_label_studio(ls_server, tmp_path, monkeypatch):
+    """ssa-to-ls -> import into Label Studio 1.23 (local-files storage serving the images)
+    -> accept the predictions as annotations -> the server's own JSON-MIN and JSON exports
+    -> ls-to-trainids."""
+    import requests
+
+    monkeypatch.setenv("LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT", str(ls_server.document_root))
+    root = Path(ls_server.document_root) / f"convert-{tmp_path.name}"
+    truths = {
+        Path(n).stem: add_image(root, n, 512, 1024, seed=i + 20)
+        for i, n in enumerate(["a-1 b.ü.jpg", "c.png"])
+    }
+    assert main(["ssa-to-ls", "--dataset-dir", str(root)]) == 0
+    api = requests.Session()
+    api.headers["Authorization"] = f"Token {ls_server.token}"
+
+    def call(method, path, **kw):
+        r = api.request(method, ls_server.url.rstrip("/") + path, timeout=60, **kw)
+        assert r.status_code < 300, (path, r.status_code, r.text[:300])
+        return r
+
+    config = labeling_config_xml(load_labels("cityscapes"))
+    project = call(
+        "POST", "/api/projects", json={"title": "convert round trip", "label_config": config}
+    ).json()
+    pid = project["id"]
+    call(
+        "POST",
+        "/api/storages/localfiles",
+        json={"project": pid, "path": str(root / "raw_data"), "title": "raw", "use_blob_urls": False},
+    )
+    tasks = json.loads((root / "ls_data" / "tasks.json").read_text())
+    call("POST", f"/api/projects/{pid}/import", json=tasks)
+    listed = call("GET", f"/api/tasks?project={pid}&fields=all").json()
+    listed = listed["tasks"] if isinstance(listed, dict) else listed
+    assert len(listed) == 2
+    for task in listed:
+        assert call("GET", task["data"]["image"]).content[:4] in (
+            b"\xff\xd8\xff\xe0",
+            b"\x89PNG",
+        )  # image is served
+        (prediction,) = call("GET", f"/api/predictions?task={task['id']}").json()
+        call("POST", f"/api/tasks/{task['id']}/annotations", json={"result": prediction["result"]})
+    layout = DatasetLayout(root)
+    for export_type, name in (("JSON_MIN", "min.json"), ("JSON", "full.json")):
+        (layout.ls_data / name).write_bytes(
+            call("GET", f"/api/projects/{pid}/export?exportType={export_type}").content
+        )
+        assert (
+            main(["ls-to-trainids", "--dataset-dir", str(root), "--ls-json-name", name, "--overwrite"]) == 0
+        )
+        for stem, truth in truths.items():
+            assert pixel_accuracy(read_trainids(layout.trainids(stem)), truth) >= 0.995, (name, stem)
