@@ -212,3 +212,40 @@ def test_cli_run_from_sedna_env_then_ship(tmp_path, model_dir, edge_frames, monk
 
     assert edge_cli(["edge", "calibrate", "--data", str(tmp_path / "frames"), "--target-rate", "0.2"]) == 0
     assert "msp" in read_edge_config(model_dir)["scorers"]
+
+
+def test_watch_mode_processes_files_that_arrive_later(tmp_path, model_dir, edge_frames):
+    import threading
+
+    edge_frames(tmp_path / "frames", 1)
+    worker = EdgeWorker(settings(tmp_path, model_dir, tmp_path / "frames", threshold=0.0, watch=True))
+    stop = threading.Event()
+    thread = threading.Thread(target=worker.run, kwargs={"stop": stop})
+    thread.start()
+    try:
+        edge_frames(tmp_path / "frames", 2, seed0=40)  # a camera drops new files in
+        deadline = time.time() + 30
+        while len(list((tmp_path / "results").glob("*_TrainIds.png"))) < 3 and time.time() < deadline:
+            time.sleep(0.1)
+    finally:
+        stop.set()
+        thread.join(30)
+    assert not thread.is_alive()
+    assert len(list((tmp_path / "results").glob("*_TrainIds.png"))) == 3
+    assert len(SampleBuffer(tmp_path / "unseen").samples()) == 3
+
+
+def test_cli_ship_gives_up_on_an_unreachable_store(tmp_path, edge_sample, capsys):
+    buf = SampleBuffer(tmp_path / "unseen")
+    edge_sample(buf, "a", 0.5)
+    (tmp_path / "not-a-dir").write_text("x")
+    argv = [
+        "edge",
+        "ship",
+        "--unseen-dir",
+        str(tmp_path / "unseen"),
+        "--store",
+        str(tmp_path / "not-a-dir" / "store"),
+    ]
+    assert edge_cli([*argv, "--node", "n", "--backoff", "0.05", "--give-up-after", "0.3"]) == 1
+    assert "1 left in the buffer" in capsys.readouterr().out and len(buf.samples()) == 1

@@ -139,6 +139,13 @@ def register(subparsers) -> None:
         "--backoff", type=float, default=1.0, help="first retry delay in seconds when unreachable"
     )
     ship.add_argument("--max-backoff", type=float, default=60.0, help="longest retry delay (default 60)")
+    ship.add_argument(
+        "--give-up-after",
+        type=float,
+        default=None,
+        help="without --follow: stop retrying after this many seconds unreachable (default 300; "
+        "with --follow: retry forever)",
+    )
     ship.set_defaults(func=cmd_ship)
 
 
@@ -244,7 +251,8 @@ def cmd_ship(args) -> int:
         raise SednaSamError("no buffer: pass --unseen-dir DIR or set unseen_save_url")
     node = args.node or sedna_compat.node_name()
     shipper = Shipper(SampleBuffer(unseen), store, node, args.backoff, args.max_backoff)
-    stats = shipper.run(_stop_on_signals(), once=not args.follow)
+    give_up = args.give_up_after if args.give_up_after is not None else (None if args.follow else 300.0)
+    stats = shipper.run(_stop_on_signals(), once=not args.follow, give_up_after_s=give_up)
     left = len(shipper.buffer.samples())
     print(
         f"{stats.shipped} shipped, {stats.already_there} already in the store, {stats.failed} failed, "

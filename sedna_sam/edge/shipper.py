@@ -28,6 +28,7 @@ import json
 import logging
 import os
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -206,22 +207,38 @@ class Shipper:
                 n += 1
         return n
 
-    def run(self, stop: threading.Event | None = None, poll_s: float = 2.0, once: bool = False) -> ShipStats:
+    def run(
+        self,
+        stop: threading.Event | None = None,
+        poll_s: float = 2.0,
+        once: bool = False,
+        give_up_after_s: float | None = None,
+    ) -> ShipStats:
         """Ship until ``stop`` is set (or, with ``once``, until the buffer is empty),
-        backing off while the store is unreachable."""
+        backing off while the store is unreachable; ``give_up_after_s`` ends the retries
+        after that long without reaching the store (the samples stay buffered)."""
         stop = stop or threading.Event()
         self.buffer.clean_orphans()
         self.compact_ledger()
         delay = self.backoff_s
+        unreachable_since: float | None = None
         while not stop.is_set():
             try:
                 self.ship_pending()
-                delay = self.backoff_s
+                delay, unreachable_since = self.backoff_s, None
                 if once and not self.buffer.samples():
                     break
                 stop.wait(poll_s)
             except StoreUnreachable as exc:
                 self.stats.retries += 1
+                unreachable_since = unreachable_since or time.monotonic()
+                if give_up_after_s is not None and time.monotonic() - unreachable_since >= give_up_after_s:
+                    log.error(
+                        "store unreachable for %.0f s (%s); giving up, samples stay buffered",
+                        give_up_after_s,
+                        exc,
+                    )
+                    break
                 log.warning(
                     "store unreachable (%s); %d samples stay buffered; retrying in %.1f s",
                     exc,

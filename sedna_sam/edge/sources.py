@@ -100,7 +100,7 @@ def directory_source(
             yield _image_frame(path)
             if stop.is_set():
                 return
-        if not watch or stop.wait(poll_s if not sizes or ready else min(poll_s, 0.2)):
+        if not watch or stop.wait(poll_s):
             return
 
 

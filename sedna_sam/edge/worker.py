@@ -313,8 +313,9 @@ class EdgeWorker:
             s.source, watch=s.watch, poll_s=1.0, every=s.every, skip=self.already_done, stop=stop
         )
 
-    def process(self, frame: Frame) -> FrameResult:
-        """Segment, score and (if flagged) buffer one frame."""
+    def process(self, frame: Frame, flag: bool | None = None) -> FrameResult:
+        """Segment, score and (if flagged) buffer one frame; ``flag`` overrides the
+        threshold decision (the Sedna path passes its plug-in's verdict)."""
         m = self.models.current
         t0 = time.perf_counter()
         logits = m.segformer.logits([frame.image])  # (1, C, h/4, w/4)
@@ -331,7 +332,7 @@ class EdgeWorker:
             blend = (0.5 * frame.image + 0.5 * m.colours[ids]).astype(np.uint8)
             write_png(self.overlay_path(frame.name), blend)
         t3 = time.perf_counter()
-        flagged = m.scorer.flags(score)
+        flagged = m.scorer.flags(score) if flag is None else bool(flag)
         kept = False
         if flagged:
             data, ext = frame.encoded()
@@ -564,7 +565,11 @@ def run_with_sedna_lib(
         data.x = [(str(item.path),)] if item.path else [{"image": _pil(item.image)}]
         _, is_unseen, _ = ll.inference(data, unseen_sample_postprocess=lambda sample, _dir: None)
         worker.models.maybe_reload()
-        r = worker.process(item)  # writes results and buffers flagged frames like the plain path
+        # Sedna decided seen/unseen with our plug-in; results and samples are written like
+        # the plain path (one more forward pass: Sedna's API does not hand back logits).
+        r = worker.process(
+            item, flag=is_unseen is True or (isinstance(is_unseen, dict) and any(is_unseen.values()))
+        )
         worker.report.ok()
         log.info("frame %s: sedna unseen=%s, score %.4f", item.name, is_unseen, r.score)
     return worker.report
