@@ -6,7 +6,8 @@
    512x1024 frame, the size a real edge node runs. Baseline = the forward pass itself.
 2. Quality: a tiny Segformer trained for a few minutes on CPU on generated street scenes
    (sedna_sam.synthetic), then scored on held-out known scenes and on unknown ones it
-   never saw: pasted objects with new colours/textures, fog, both. AUROC of every scorer
+   never saw: pasted objects with new colours/textures (1 or 3), fog (0.3 or 0.7), both.
+   AUROC of every scorer
    (our own rank-statistic function), plus the flag rate on known / unknown frames at a
    threshold calibrated for 5 % on separate known frames. Baseline = a random score
    (AUROC about 0.5) drawn in the same run.
@@ -161,14 +162,21 @@ def main() -> None:
     calib_imgs, _ = scenes(range(5000, 5000 + n), labels)
     known_imgs, known_maps = scenes(range(6000, 6000 + n), labels)
     unknown_sets = {
+        "1 object": np.stack(
+            [
+                add_unknown_objects(i, seed=k, count=1)
+                for k, i in enumerate(scenes(range(6500, 6500 + n), labels)[0])
+            ]
+        ),
+        "light fog 0.3": scenes(range(7500, 7500 + n), labels, fog=0.3)[0],
         "objects": np.stack(
             [
                 add_unknown_objects(i, seed=k, count=3)
                 for k, i in enumerate(scenes(range(7000, 7000 + n), labels)[0])
             ]
         ),
-        "fog": scenes(range(8000, 8000 + n), labels, fog=0.7)[0],
-        "objects+fog": np.stack(
+        "fog 0.7": scenes(range(8000, 8000 + n), labels, fog=0.7)[0],
+        "objects+fog 0.7": np.stack(
             [
                 add_unknown_objects(i, seed=k, count=3)
                 for k, i in enumerate(scenes(range(9000, 9000 + n), labels, fog=0.7)[0])
@@ -216,7 +224,7 @@ def main() -> None:
         f"\nDetection quality: AUROC known vs unknown ({n} + {n} frames); flag rates at the 5 % threshold "
         f"calibrated on {n} other known frames"
     )
-    print(f"{'unknown kind':14s} " + " ".join(f"{n:>22s}" for n in names) + f" {'random':>8s}")
+    print(f"{'unknown kind':16s} " + " ".join(f"{n:>22s}" for n in names) + f" {'random':>8s}")
     for kind, row in quality.items():
         cells = " ".join(
             f"{row[n]['auroc']:.3f} ({row[n]['flag_rate_known']:.0%}/{row[n]['flag_rate_unknown']:.0%})".rjust(
@@ -224,7 +232,7 @@ def main() -> None:
             )
             for n in names
         )
-        print(f"{kind:14s} {cells} {row['random (baseline)']['auroc']:8.3f}")
+        print(f"{kind:16s} {cells} {row['random (baseline)']['auroc']:8.3f}")
     print("  cells: AUROC (flagged known / flagged unknown)")
 
     result = {
