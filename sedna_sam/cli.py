@@ -23,6 +23,7 @@ COMMAND_MODULES = [
     "sedna_sam.commands.doctor",
     "sedna_sam.commands.edge",
     "sedna_sam.commands.cloud",
+    "sedna_sam.commands.lifelong",
 ]
 
 EPILOG = """\

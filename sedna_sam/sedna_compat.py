@@ -74,6 +74,18 @@ ENV: dict[str, EnvVar] = {
         # ours, set by manifests/ (not Sedna names)
         EnvVar("SEDNA_SAM_STORE", "cloud store URL the shipper uploads flagged samples to"),
         EnvVar("NODE_NAME", "node name recorded in sample metadata (downward API spec.nodeName)"),
+        # ours, train/eval workers (container env of trainSpec/evalSpec; see sedna_sam.lifelong)
+        EnvVar("BASE_MODEL_URL", "Segformer to fine-tune in the first round (directory or hub id)"),
+        EnvVar("REPLAY_DATASET_URL", "extra txt index(es) of earlier samples to replay"),
+        EnvVar("TRAIN_STEPS", "optimizer steps per training round", "2000"),
+        EnvVar("BATCH_SIZE", "images per training step", "8"),
+        EnvVar("LEARNING_RATE", "peak learning rate", "6e-5"),
+        EnvVar("REPLAY_RATIO", "share of each batch replayed from earlier samples", "0.5"),
+        EnvVar("OLD_TEST_DATASET_URL", "old-domain test index (backward transfer)"),
+        EnvVar("BASELINE_MODEL_URL", "deployed model a candidate must beat"),
+        EnvVar("GATE_MIN_NEW_GAIN", "new-domain mIoU must rise by more than this", "0"),
+        EnvVar("GATE_MAX_OLD_DROP", "old-domain mIoU may fall by at most this", "0.02"),
+        EnvVar("DEPLOY_MODEL_DIR", "where an accepted model is published"),
     )
 }
 
@@ -121,6 +133,13 @@ ROLE_ENV: dict[str, RoleEnv] = {
             "ORIGINAL_DATASET_URL",
             "HAS_COMPLETED_INITIAL_TRAINING",
             "CLOUD_KB_INDEX",
+            "TEST_DATASET_URL",
+            "BASE_MODEL_URL",
+            "REPLAY_DATASET_URL",
+            "TRAIN_STEPS",
+            "BATCH_SIZE",
+            "LEARNING_RATE",
+            "REPLAY_RATIO",
             "DATA_PATH_PREFIX",
             "BACKEND_TYPE",
             "DEVICE_CATEGORY",
@@ -134,6 +153,11 @@ ROLE_ENV: dict[str, RoleEnv] = {
         required=("MODEL_URLS", "TEST_DATASET_URL", "OUTPUT_URL"),
         optional=(
             "ORIGINAL_DATASET_URL",
+            "OLD_TEST_DATASET_URL",
+            "BASELINE_MODEL_URL",
+            "GATE_MIN_NEW_GAIN",
+            "GATE_MAX_OLD_DROP",
+            "DEPLOY_MODEL_DIR",
             "DATA_PATH_PREFIX",
             "BACKEND_TYPE",
             "DEVICE_CATEGORY",
