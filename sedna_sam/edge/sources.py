@@ -136,6 +136,14 @@ def capture_source(
         cap.release()
 
 
+def check_source(spec: str) -> None:
+    """Fail early (before loading a model) when ``spec`` cannot be a frame source."""
+    if spec.isdigit() or spec.startswith(STREAM_SCHEMES):
+        return
+    if not Path(spec).expanduser().exists():
+        raise SednaSamError(f"{spec}: no such file, directory, camera index or stream URL")
+
+
 def open_source(
     spec: str,
     watch: bool = False,

@@ -34,7 +34,7 @@ from sedna_sam import sedna_compat
 from sedna_sam.edge.buffer import SampleBuffer, make_sample_id, sample_metadata
 from sedna_sam.edge.calibrate import EDGE_CONFIG_NAME, read_edge_config, scorer_from_config
 from sedna_sam.edge.scorers import Scorer
-from sedna_sam.edge.sources import Failure, Frame, open_source
+from sedna_sam.edge.sources import Failure, Frame, check_source, open_source
 from sedna_sam.errors import BatchReport, SednaSamError
 from sedna_sam.images import write_png
 from sedna_sam.labels import LabelSet, cityscapes
@@ -288,6 +288,7 @@ class EdgeWorker:
     def __init__(self, settings: WorkerSettings) -> None:
         if settings.max_fps is not None and settings.max_fps <= 0:
             raise SednaSamError(f"--max-fps must be > 0, got {settings.max_fps}")
+        check_source(settings.source)
         self.settings = settings
         settings.result_dir.mkdir(parents=True, exist_ok=True)
         self.buffer = SampleBuffer(settings.unseen_dir, settings.buffer_max_bytes, settings.buffer_max_count)
