@@ -249,3 +249,20 @@ def test_cli_ship_gives_up_on_an_unreachable_store(tmp_path, edge_sample, capsys
     ]
     assert edge_cli([*argv, "--node", "n", "--backoff", "0.05", "--give-up-after", "0.3"]) == 1
     assert "1 left in the buffer" in capsys.readouterr().out and len(buf.samples()) == 1
+
+
+def test_redeployed_model_without_config_keeps_the_calibrated_threshold(
+    tmp_path, model_dir, edge_frames, labels
+):
+    edge_frames(tmp_path / "known", 4)
+    calibrate(model_dir, tmp_path / "known", target_rate=0.25, device="cpu")
+    calibrated = read_edge_config(model_dir)["scorers"]["msp"]["threshold"]
+    worker = EdgeWorker(settings(tmp_path, model_dir, tmp_path / "known", poll_s=0.0))
+    assert worker.models.current.scorer.threshold == calibrated
+    new_dir = tmp_path / "new-model"
+    save_segformer(tiny_segformer(labels, seed=3), new_dir, (128, 256))
+    shutil.rmtree(model_dir)
+    shutil.move(new_dir, model_dir)  # replaced as a whole, no sedna_sam_edge.json
+    assert worker.models.maybe_reload()
+    current = worker.models.current
+    assert current.version == model_version(model_dir) and current.scorer.threshold == calibrated

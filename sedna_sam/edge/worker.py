@@ -96,6 +96,8 @@ def _model_dir_from_kb_index(index: Path) -> Path:
         for group in (kb.get("seen_task") or {}).get("task_groups", []):
             model_file = Path(str(group.model.model))
             return model_file if model_file.is_dir() else model_file.parent
+    if (index.parent / "model" / "config.json").is_file():  # the trainer's round layout
+        return index.parent / "model"
     beside = [p for p in index.parent.iterdir() if p.is_dir() and (p / "config.json").is_file()]
     if len(beside) == 1:
         return beside[0]
@@ -176,7 +178,24 @@ class ModelWatcher:
         fingerprint = model_fingerprint(model_dir)
         segformer = load_segformer(model_dir, self.device)
         scorer, calibrated = scorer_from_config(read_edge_config(model_dir), self.scorer_name, self.threshold)
-        if not calibrated:
+        previous = getattr(self, "current", None)
+        if (
+            not calibrated
+            and previous is not None
+            and previous.calibrated
+            and previous.scorer.name == scorer.name
+        ):
+            # A retrained model deployed without its edge config: the old threshold is a
+            # far better guess than the class default until someone calibrates again.
+            scorer = previous.scorer
+            log.warning(
+                "%s has no %s; keeping the previous model's %s threshold %.4g until it is calibrated",
+                model_dir,
+                EDGE_CONFIG_NAME,
+                scorer.name,
+                scorer.threshold,
+            )
+        elif not calibrated:
             log.warning(
                 "%s: no calibrated threshold for scorer %r; using its default %.4g "
                 "(run `sedna-sam edge calibrate --model %s --data KNOWN_DIR`)",
