@@ -29,6 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
+from sedna_sam.annotate.labelers import LABELERS, MaskLabels, SemanticEvidence, top_k_names
+from sedna_sam.annotate.voting import MaskSet, top_class
 from sedna_sam.errors import SednaSamError
 from sedna_sam.labels import LabelSet
 
@@ -152,29 +154,36 @@ def load_clip(spec: str | Path, device: str | None = None) -> Clip:
 
 
 def mask_crops(
-    image: np.ndarray, masks: np.ndarray, size: int, context: float = 0.1, grey_out: bool = True
+    image: np.ndarray, masks: MaskSet | np.ndarray, size: int, context: float = 0.1, grey_out: bool = True
 ) -> np.ndarray:
     """Square crops around each mask, for CLIP.
 
-    ``image`` (H, W, 3) uint8, ``masks`` (N, H, W) bool -> (N, size, size, 3) uint8. Each
-    crop is the mask's bounding box grown by ``context`` of its side on every edge; pixels
-    outside the mask are set to mid grey (so CLIP sees the object, not its neighbours), and
-    the crop is padded to a square with grey before resizing, keeping the aspect ratio.
+    ``image`` (H, W, 3) uint8, ``masks`` a :class:`MaskSet` or (N, H, W) bool ->
+    (N, size, size, 3) uint8. Each crop is the mask's bounding box grown by ``context`` of
+    its side on every edge; pixels outside the mask are set to mid grey (so CLIP sees the
+    object, not its neighbours), and the crop is padded to a square with grey before
+    resizing, keeping the aspect ratio. Masks are read one at a time from their pixel
+    indices (no (N, H, W) stack is decoded).
     """
     import cv2
 
+    if not isinstance(masks, MaskSet):
+        masks = MaskSet.from_dense(np.asarray(masks, dtype=bool).reshape(-1, *image.shape[:2]))
     h, w = image.shape[:2]
     out = np.full((len(masks), size, size, 3), 127, dtype=np.uint8)
-    for i, mask in enumerate(masks):
-        ys, xs = np.nonzero(mask)
-        if len(ys) == 0:
+    for i in range(len(masks)):
+        idx = masks.indices(i)  # column-major flat indices
+        if idx.size == 0:
             continue
-        y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
+        ys, xs = idx % h, idx // h
+        y0, y1, x0, x1 = int(ys.min()), int(ys.max()) + 1, int(xs.min()), int(xs.max()) + 1
         my, mx = int((y1 - y0) * context), int((x1 - x0) * context)
         y0, y1, x0, x1 = max(0, y0 - my), min(h, y1 + my), max(0, x0 - mx), min(w, x1 + mx)
         crop = image[y0:y1, x0:x1].copy()
         if grey_out:
-            crop[~mask[y0:y1, x0:x1]] = 127
+            inside = np.zeros(crop.shape[:2], dtype=bool)
+            inside[ys - y0, xs - x0] = True
+            crop[~inside] = 127
         side = max(crop.shape[0], crop.shape[1])
         square = np.full((side, side, 3), 127, dtype=np.uint8)
         oy, ox = (side - crop.shape[0]) // 2, (side - crop.shape[1]) // 2
@@ -182,24 +191,6 @@ def mask_crops(
         interp = cv2.INTER_AREA if side > size else cv2.INTER_LINEAR
         out[i] = cv2.resize(square, (size, size), interpolation=interp)
     return out
-
-
-def closed_set_votes(semantic_ids: np.ndarray, masks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """SSA's per-mask vote and how sure it is.
-
-    ``semantic_ids`` (H, W) int closed-set class per pixel, ``masks`` (N, H, W) bool ->
-    (top class (N,) int64, vote share of that class inside the mask (N,) float in [0, 1]).
-    Empty masks get class -1 and share 0.
-    """
-    n = len(masks)
-    top, share = np.full(n, -1, dtype=np.int64), np.zeros(n, dtype=np.float64)
-    ids = semantic_ids.astype(np.int64)
-    for i, mask in enumerate(masks):
-        counts = np.bincount(ids[mask])
-        if counts.sum():
-            top[i] = int(counts.argmax())
-            share[i] = counts[top[i]] / counts.sum()
-    return top, share
 
 
 def combine_closed_open(
@@ -340,95 +331,147 @@ def build_tiny_clip(
     return out_dir
 
 
-# --- labelers ---------------------------------------------------------------------------
+# --- labelers (registered in LABELERS; protocol in sedna_sam.annotate.labelers) ------------
 
 
 def _as_clip(clip: Clip | str | Path, device: str | None) -> Clip:
     return clip if isinstance(clip, Clip) else load_clip(clip, device)
 
 
+def _top_names(probs: np.ndarray, names: Sequence[str], k: int) -> list[list[str]]:
+    order = np.argsort(-probs, axis=1, kind="stable")[:, :k]
+    return [[names[j] for j in row] for row in order]
+
+
+@LABELERS.register("clip")
 class ClipLabeler:
     """Labels every mask with the label name CLIP finds closest to its crop.
 
-    The names are the labels config's (``labels.names``), read when the labeler is made:
-    a class added to the config is a new prompt, no retraining.
+    The names are the labels config's (``labels.names``), read when the labeler is made: a
+    class added to the config is a new prompt, no retraining. ``clip_model`` is a
+    ``save_pretrained`` directory or a hub id (e.g. ``openai/clip-vit-base-patch32``).
+    ``class_proposals`` are CLIP's top ``num_proposals`` names.
     """
 
     def __init__(
         self,
         labels: LabelSet,
-        clip: Clip | str | Path,
+        clip_model: Clip | str | Path,
         device: str | None = None,
         templates: Sequence[str] = DEFAULT_TEMPLATES,
         context: float = 0.1,
+        num_proposals: int = 3,
     ) -> None:
         self.labels = labels
-        self.clip = _as_clip(clip, device)
+        self.clip = _as_clip(clip_model, device)
         self.templates = tuple(templates)
         self.context = context
+        self.num_proposals = num_proposals
 
-    def probabilities(self, image: np.ndarray, masks: np.ndarray) -> np.ndarray:
-        """(N, K) CLIP probabilities over ``labels.names`` for (N, H, W) bool masks."""
+    def probabilities(self, image: np.ndarray, masks: MaskSet | np.ndarray) -> np.ndarray:
+        """(N, K) CLIP probabilities over ``labels.names`` for N masks."""
         if len(masks) == 0:
             return np.zeros((0, len(self.labels)))
         crops = mask_crops(image, masks, self.clip.image_size, self.context)
         return self.clip.class_probabilities(crops, self.labels.names, self.templates)
 
-    def label_masks(self, image: np.ndarray, masks: np.ndarray) -> np.ndarray:
-        """(N,) class ids (of ``labels``) for (N, H, W) bool masks over an (H, W, 3) image."""
-        ids = np.array(self.labels.ids, dtype=np.int64)
-        return ids[self.probabilities(image, masks).argmax(1)] if len(masks) else ids[:0]
+    def __call__(self, image: np.ndarray, masks: MaskSet, evidence: SemanticEvidence) -> MaskLabels:
+        probs = self.probabilities(image, masks)
+        ids = (
+            np.array(self.labels.ids, dtype=np.int64)[probs.argmax(1)]
+            if len(masks)
+            else np.zeros(0, np.int64)
+        )
+        ids[evidence.counts.sum(1) == 0] = -1  # empty masks own no pixel
+        return MaskLabels(ids, _top_names(probs, self.labels.names, self.num_proposals))
 
 
+@LABELERS.register("segformer+clip")
 class SegformerClipLabeler:
-    """Closed-set vote first (SSA's rule on Segformer's per-pixel classes); CLIP only where
-    the vote is unsure (share < ``min_share``) or for label names Segformer does not know
-    (see :func:`combine_closed_open`). CLIP runs only on the masks that need it when every
-    label name is known to the closed set.
+    """Closed-set vote first (SSA's rule on the semantic branch's classes); CLIP decides
+    only where the vote is unsure (share < ``min_share``) or between label names the
+    closed-set model does not know (see :func:`combine_closed_open`).
 
-    ``last_branches`` holds, after each call, "closed" or "open" per mask (for logs/tests).
+    Which names the closed set knows: ``closed_classes`` if given, else the ``id2label`` of
+    ``semantic_model`` (the Segformer directory or hub id the engine uses), else all label
+    names (then CLIP only settles unsure masks; a warning says so). CLIP runs only on the
+    masks that need it. ``last_branches`` holds "closed"/"open" per mask after each call.
     """
 
     def __init__(
         self,
         labels: LabelSet,
-        clip: Clip | str | Path,
-        semantic,
+        clip_model: Clip | str | Path,
+        semantic_model: str | Path | None = None,
+        closed_classes: Sequence[str] | None = None,
         device: str | None = None,
         min_share: float = 0.6,
         min_open_prob: float = 0.5,
         templates: Sequence[str] = DEFAULT_TEMPLATES,
+        num_proposals: int = 3,
     ) -> None:
-        from sedna_sam.segformer import load_segformer
-
         self.labels = labels
-        self.open = ClipLabeler(labels, clip, device, templates)
-        self.semantic = semantic if hasattr(semantic, "predict_ids") else load_segformer(semantic, device)
-        self.closed_names = self.semantic.id2label  # closed-set id -> name
+        self.open = ClipLabeler(labels, clip_model, device, templates, num_proposals=num_proposals)
+        if closed_classes is None and semantic_model is not None:
+            closed_classes = _model_class_names(semantic_model)
+        if closed_classes is None:
+            log.warning("segformer+clip: closed-set classes unknown; CLIP will only settle unsure masks")
+            closed_classes = labels.names
+        wanted = {n.strip().lower() for n in closed_classes}
+        self.known = {n for n in labels.names if n.strip().lower() in wanted}
         self.min_share = min_share
         self.min_open_prob = min_open_prob
+        self.num_proposals = num_proposals
         self.last_branches: list[str] = []
 
-    def label_masks(
-        self, image: np.ndarray, masks: np.ndarray, semantic_ids: np.ndarray | None = None
-    ) -> np.ndarray:
-        """(N,) class ids (of ``labels``); ``semantic_ids`` (H, W) may be passed when the
-        caller already ran the closed-set model on this image."""
-        if semantic_ids is None:
-            semantic_ids = self.semantic.predict_ids(image)
-        top, share = closed_set_votes(semantic_ids, masks)
-        closed = [self.closed_names.get(int(t)) if t >= 0 else None for t in top]
+    def __call__(self, image: np.ndarray, masks: MaskSet, evidence: SemanticEvidence) -> MaskLabels:
+        counts = evidence.counts
+        top = top_class(counts)
+        total = counts.sum(1)
+        share = np.where(
+            total > 0, counts[np.arange(len(top)), np.maximum(top, 0)] / np.maximum(total, 1), 0.0
+        )
+        closed = [self.labels.id2label.get(int(t)) if t >= 0 else None for t in top]
         names = self.labels.names
-        known = set(self.closed_names.values()) & set(names)
-        unknown = set(names) - known
-        need = [i for i, c in enumerate(closed) if unknown or c not in known or share[i] < self.min_share]
-        probs = np.zeros((len(masks), len(names)))
+        new_classes = bool(set(names) - self.known)
+        need = [
+            i
+            for i, c in enumerate(closed)
+            if total[i] > 0 and (new_classes or c not in self.known or share[i] < self.min_share)
+        ]
+        probs = np.zeros((len(top), len(names)))
         if need:
-            probs[need] = self.open.probabilities(image, masks[need])
-        # Masks CLIP did not look at keep the closed vote (their probs row is all zero).
+            probs[need] = self.open.probabilities(image, _subset(masks, need))
+        # Masks CLIP did not look at keep the closed vote (their rows are all zero).
         chosen, branches = combine_closed_open(
-            closed, share, probs, names, known, self.min_share, self.min_open_prob
+            closed, share, probs, names, self.known, self.min_share, self.min_open_prob
         )
         label2id = self.labels.label2id
+        ids = np.array([label2id[c] for c in chosen], dtype=np.int64)
+        ids[total == 0] = -1
+        closed_props = top_k_names(counts, self.labels, self.num_proposals)
+        open_props = _top_names(probs, names, self.num_proposals)
+        proposals = [open_props[i] if b == "open" else closed_props[i] for i, b in enumerate(branches)]
         self.last_branches = branches
-        return np.array([label2id[c] for c in chosen], dtype=np.int64)
+        return MaskLabels(ids, proposals)
+
+
+def _subset(masks: MaskSet, keep: Sequence[int]) -> MaskSet:
+    if masks.rles is not None:
+        return MaskSet.from_rles([masks.rles[i] for i in keep], masks.shape)
+    return MaskSet.from_dense(masks.dense[list(keep)])  # type: ignore[index]
+
+
+def _model_class_names(spec: str | Path) -> list[str]:
+    """Class names of a Hugging Face model (its config's id2label), without loading weights."""
+    from transformers import AutoConfig
+
+    local = Path(str(spec)).expanduser()
+    try:
+        config = AutoConfig.from_pretrained(
+            str(local) if local.exists() else str(spec),
+            local_files_only=local.exists() or os.environ.get("HF_HUB_OFFLINE") == "1",
+        )
+    except (OSError, ValueError) as exc:
+        raise SednaSamError(f"cannot read the classes of semantic model {spec!r}: {exc}") from None
+    return [str(n) for n in config.id2label.values()]
