@@ -266,3 +266,4 @@ def test_redeployed_model_without_config_keeps_the_calibrated_threshold(
     assert worker.models.maybe_reload()
     current = worker.models.current
     assert current.version == model_version(model_dir) and current.scorer.threshold == calibrated
+    assert current.inherited and not current.calibrated

@@ -147,6 +147,7 @@ class LoadedModel:
     scorer: Scorer
     calibrated: bool
     colours: np.ndarray  # (256, 3) uint8
+    inherited: bool = False  # threshold carried over from an earlier calibrated model
 
 
 class ModelWatcher:
@@ -179,15 +180,16 @@ class ModelWatcher:
         segformer = load_segformer(model_dir, self.device)
         scorer, calibrated = scorer_from_config(read_edge_config(model_dir), self.scorer_name, self.threshold)
         previous = getattr(self, "current", None)
+        inherited = False
         if (
             not calibrated
             and previous is not None
-            and previous.calibrated
+            and (previous.calibrated or previous.inherited)
             and previous.scorer.name == scorer.name
         ):
             # A retrained model deployed without its edge config: the old threshold is a
             # far better guess than the class default until someone calibrates again.
-            scorer = previous.scorer
+            scorer, inherited = previous.scorer, True
             log.warning(
                 "%s has no %s; keeping the previous model's %s threshold %.4g until it is calibrated",
                 model_dir,
@@ -207,7 +209,7 @@ class ModelWatcher:
         version = model_version(model_dir)
         log.info("model %s version %s, scorer %r", model_dir, version, scorer)
         colours = labels_for_model(segformer.id2label).colour_table()
-        return LoadedModel(segformer, model_dir, version, fingerprint, scorer, calibrated, colours)
+        return LoadedModel(segformer, model_dir, version, fingerprint, scorer, calibrated, colours, inherited)
 
     def maybe_reload(self, force: bool = False) -> bool:
         """Reload when the model's files changed; True when a new model is in use."""
