@@ -1,0 +1,393 @@
+"""``sedna-sam annotate``, ``sedna-sam models list|download``, ``sedna-sam demo``."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import shutil
+from pathlib import Path
+
+from sedna_sam.commands import add_config_path
+from sedna_sam.errors import BatchReport, SednaSamError
+
+log = logging.getLogger(__name__)
+
+SEGFORMER_HINT = (
+    "Semantic model: a Segformer directory (save_pretrained layout) or a Hugging Face hub id, e.g. "
+    "nvidia/segformer-b5-finetuned-cityscapes-1024-1024 (Cityscapes) or "
+    "nvidia/segformer-b5-finetuned-ade-640-640 (ADE20K); offline: `huggingface-cli download ID "
+    "--local-dir models/ID` on a connected machine and pass that directory."
+)
+
+
+def _finish(report: BatchReport) -> int:
+    (log.error if report.failed else log.info)("%s", report.summary())
+    return report.exit_code
+
+
+# --- annotate ----------------------------------------------------------------------------
+
+
+def _options_from_args(args: argparse.Namespace, labels):
+    from sedna_sam.annotate.engine import AnnotateOptions
+    from sedna_sam.annotate.sam import sam_params
+
+    params = sam_params(
+        args.dataset,
+        points_per_side=args.points_per_side,
+        points_per_batch=args.points_per_batch,
+        pred_iou_thresh=args.pred_iou_thresh,
+        stability_score_thresh=args.stability_score_thresh,
+        crop_n_layers=args.crop_n_layers,
+        crop_n_points_downscale_factor=args.crop_n_points_downscale_factor,
+        min_mask_region_area=args.min_mask_region_area,
+    )
+    return AnnotateOptions(
+        ckpt_path=str(args.ckpt_path),
+        semantic_model=str(args.semantic_model),
+        labels=labels,
+        model_type=args.model_type,
+        semantic_backend=args.semantic_backend,
+        labeler=args.labeler,
+        sam=params,
+        autocast=args.autocast,
+        device=args.device,
+        num_threads=args.threads,
+    )
+
+
+def _annotate(args: argparse.Namespace) -> int:
+    from sedna_sam.annotate.engine import annotate_dataset
+    from sedna_sam.labels import load_labels
+    from sedna_sam.storage import DatasetLayout
+
+    if args.dataset_dir:
+        layout = DatasetLayout(Path(args.dataset_dir))
+        data_dir = args.data_dir or layout.raw_data
+        out_dir = args.out_dir or layout.ssa_output
+    else:
+        if not args.data_dir or not args.out_dir:
+            raise SednaSamError(
+                "give --data-dir and --out-dir, or --dataset-dir (uses raw_data/ and ssa_output/)"
+            )
+        data_dir, out_dir = args.data_dir, args.out_dir
+    if not args.semantic_model:
+        raise SednaSamError(f"--semantic-model is required. {SEGFORMER_HINT}")
+    labels = load_labels(args.config_path or args.dataset)
+    options = _options_from_args(args, labels)
+    log.info(
+        "annotating %s -> %s (SAM %s, %s %s, labeler %s, points_per_side %d)",
+        data_dir,
+        out_dir,
+        args.ckpt_path,
+        args.semantic_backend,
+        args.semantic_model,
+        args.labeler,
+        options.sam.points_per_side,
+    )
+    report = annotate_dataset(
+        data_dir,
+        out_dir,
+        options,
+        world_size=args.world_size,
+        save_img=args.save_img,
+        overwrite=args.overwrite,
+        progress=not args.no_progress,
+    )
+    return _finish(report)
+
+
+def _add_model_args(p: argparse.ArgumentParser, required: bool = True) -> None:
+    p.add_argument(
+        "--ckpt-path",
+        "--ckpt_path",
+        dest="ckpt_path",
+        required=required,
+        help="SAM checkpoint (.pth), e.g. sam_vit_h_4b8939.pth; model type read from the file "
+        "(`sedna-sam models download vit_h --dir models` fetches it)",
+    )
+    p.add_argument(
+        "--model-type",
+        "--model_type",
+        dest="model_type",
+        default=None,
+        help="vit_h|vit_l|vit_b: checked against the checkpoint (optional)",
+    )
+    p.add_argument(
+        "--semantic-model", "--semantic_model", dest="semantic_model", default=None, help=SEGFORMER_HINT
+    )
+    p.add_argument("--device", default=None, help="cuda, cuda:1, cpu (default: CUDA when present)")
+
+
+def _add_sam_args(p: argparse.ArgumentParser) -> None:
+    from sedna_sam.annotate.labelers import LABELERS
+    from sedna_sam.annotate.semantic import SEMANTIC_BACKENDS
+
+    g = p.add_argument_group("SAM automatic mask generator (default: SSA's values for --dataset)")
+    for flag, typ, what in (
+        ("points-per-side", int, "point grid per side (SSA: 64; 128 for foggy_driving)"),
+        ("points-per-batch", int, "prompts per decoder batch (64; raise on a large GPU)"),
+        ("pred-iou-thresh", float, "keep masks with predicted IoU above (0.86)"),
+        ("stability-score-thresh", float, "keep masks with stability above (0.92)"),
+        ("crop-n-layers", int, "crop layers, each adds encoder passes (1)"),
+        ("crop-n-points-downscale-factor", int, "point density divisor per crop layer (2)"),
+        ("min-mask-region-area", int, "remove holes/islands smaller than this, px (100)"),
+    ):
+        dest = flag.replace("-", "_")
+        g.add_argument(f"--{flag}", f"--{dest}", dest=dest, type=typ, default=None, help=what)
+    p.add_argument(
+        "--semantic-backend",
+        default="segformer",
+        choices=SEMANTIC_BACKENDS.names(),
+        help="semantic model family (default segformer)",
+    )
+    p.add_argument(
+        "--labeler",
+        default="segformer",
+        help=f"how masks get classes: {', '.join(LABELERS.names())} (SSA's vote, default); "
+        "clip / segformer+clip when the open-vocabulary module is installed",
+    )
+    p.add_argument(
+        "--autocast", choices=["bf16", "fp16"], default=None, help="mixed precision on CUDA (ignored on CPU)"
+    )
+    p.add_argument(
+        "--threads", type=int, default=None, help="CPU threads per worker (default: cores / world size)"
+    )
+
+
+def _register_annotate(subparsers) -> None:
+    p = subparsers.add_parser(
+        "annotate",
+        help="SAM + semantic voting pre-annotation (SSA format)",
+        description="Pre-annotate images the way Semantic-Segment-Anything does: SAM's automatic masks, "
+        "a semantic model's per-pixel classes, each mask voted to its majority class. Writes "
+        "<stem>_semantic.json (SSA format) and, with --save-img, <stem>_semantic.png. Reruns skip "
+        "images whose outputs exist and parse; bad images are reported at the end (exit 1). "
+        "On CPU, SSA's settings take minutes per image: lower --points-per-side for a quick look.",
+        epilog="example: sedna-sam annotate --dataset-dir D --ckpt-path models/sam_vit_h_4b8939.pth "
+        "--semantic-model models/segformer-b5-cityscapes --save-img --world-size 2",
+    )
+    p.add_argument("--data-dir", "--data_dir", dest="data_dir", default=None, help="input images")
+    p.add_argument("--out-dir", "--out_dir", dest="out_dir", default=None, help="where SSA files go")
+    p.add_argument(
+        "--dataset-dir",
+        "--dataset_dir",
+        dest="dataset_dir",
+        default=None,
+        help="dataset root: reads raw_data/, writes ssa_output/",
+    )
+    _add_model_args(p)
+    p.add_argument(
+        "--dataset",
+        default="cityscapes",
+        help="cityscapes (default), foggy_driving, ade20k: SAM defaults and labels",
+    )
+    add_config_path(p)
+    p.add_argument(
+        "--save-img", "--save_img", dest="save_img", action="store_true", help="also write the overlay PNG"
+    )
+    p.add_argument(
+        "--world-size",
+        "--world_size",
+        dest="world_size",
+        type=int,
+        default=1,
+        help="worker processes, one device each (default 1)",
+    )
+    p.add_argument("--overwrite", action="store_true", help="redo images that already have outputs")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (logs only)")
+    _add_sam_args(p)
+    p.set_defaults(func=_annotate)
+
+
+# --- models ------------------------------------------------------------------------------
+
+
+def _models_list(args: argparse.Namespace) -> int:
+    from sedna_sam.models import CHECKPOINTS, verify_checkpoint
+
+    directory = Path(args.dir) if args.dir else None
+    print(f"{'name':6} {'file':22} {'bytes':>14}  sha256 / status")
+    for c in CHECKPOINTS.values():
+        status = c.sha256 or "(size check only)"
+        if directory is not None:
+            path = directory / c.filename
+            if not path.exists():
+                status = "missing" + (
+                    " (partial download present)" if path.with_name(path.name + ".part").exists() else ""
+                )
+            else:
+                try:
+                    verify_checkpoint(path, c, check_hash=args.verify)
+                    status = "present, " + ("sha256 ok" if args.verify else "size ok")
+                except SednaSamError as exc:
+                    status = f"BAD: {exc}"
+        print(f"{c.name:6} {c.filename:22} {c.size:>14,}  {status}")
+    return 0
+
+
+def _models_download(args: argparse.Namespace) -> int:
+    from sedna_sam.models import download_checkpoint
+
+    path = download_checkpoint(args.name, args.dir, url=args.url, progress=not args.no_progress)
+    print(path)
+    return 0
+
+
+def _register_models(subparsers) -> None:
+    p = subparsers.add_parser("models", help="official SAM checkpoints: list, download")
+    sub = p.add_subparsers(dest="models_command", metavar="ACTION", required=True)
+    ls = sub.add_parser("list", help="names, files, sizes, sha256; with --dir, what is present")
+    ls.add_argument("--dir", default=None, help="checkpoint directory to check")
+    ls.add_argument("--verify", action="store_true", help="hash present files (slow for vit_h)")
+    ls.set_defaults(func=_models_list)
+    dl = sub.add_parser(
+        "download",
+        help="download a checkpoint (resumes, verifies sha256)",
+        description="Download vit_h, vit_l or vit_b from dl.fbaipublicfiles.com into --dir. An interrupted "
+        "download resumes from its .part file (HTTP Range); the file is renamed into place only after its "
+        "size and sha256 match. Offline, the error says which file to put where.",
+    )
+    dl.add_argument("name", help="vit_h, vit_l or vit_b")
+    dl.add_argument("--dir", default="models", help="destination directory (default ./models)")
+    dl.add_argument("--url", default=None, help="mirror URL of the same file (default: the official URL)")
+    dl.add_argument("--no-progress", action="store_true")
+    dl.set_defaults(func=_models_download)
+
+
+# --- demo --------------------------------------------------------------------------------
+
+EXAMPLES_RAW = Path(__file__).resolve().parents[2] / "examples" / "dataset" / "raw_data"
+TINY_WARNING = (
+    "\n" + "!" * 78 + "\n"
+    "!! --tiny-random-models: SAM and Segformer with RANDOM weights. The masks and classes are\n"
+    "!! MEANINGLESS; this only exercises the plumbing (files, formats, resume) offline.\n"
+    "!! For real pre-annotations pass --ckpt-path and --semantic-model.\n" + "!" * 78
+)
+
+
+def _demo_models(args: argparse.Namespace, work: Path, labels):
+    """(ckpt path, semantic model, SAM overrides, random?) for the demo, or raise with instructions."""
+    from sedna_sam.models import CHECKPOINTS, download_hint
+
+    if args.ckpt_path and args.semantic_model:
+        return args.ckpt_path, args.semantic_model, {}, False
+    if not args.tiny_random_models:
+        raise SednaSamError(
+            "the demo needs models: --ckpt-path and --semantic-model, or --tiny-random-models "
+            "for an offline plumbing run with meaningless masks.\n"
+            f"SAM: {download_hint(CHECKPOINTS['vit_b'].filename, 'models')}\n{SEGFORMER_HINT}"
+        )
+    from sedna_sam.models import build_tiny_sam
+    from sedna_sam.segformer import build_tiny_segformer
+
+    log.warning("%s", TINY_WARNING)
+    models = work / "models"
+    ckpt = models / "sam_tiny_random.pth"
+    if not ckpt.exists():
+        build_tiny_sam(ckpt)
+    semantic = models / "segformer_tiny_random"
+    if not (semantic / "config.json").exists():
+        build_tiny_segformer(semantic, labels)
+    # A random SAM predicts low IoU/stability: keep every mask so the later steps get input.
+    tiny = dict(points_per_side=8, pred_iou_thresh=0.0, stability_score_thresh=0.0, crop_n_layers=0)
+    return str(ckpt), str(semantic), tiny, True
+
+
+def push_step(dataset_dir: Path, labels, args: argparse.Namespace) -> int:
+    """Push the demo's Label Studio tasks (``ls_data/``) to ``--label-studio-url``.
+
+    Integration boundary: uses the Label Studio client module when this build has it.
+    """
+    try:
+        from sedna_sam.labelstudio import client  # type: ignore[attr-defined]
+    except ImportError:
+        raise SednaSamError(
+            "this build has no Label Studio client (sedna_sam.labelstudio.client); skip --label-studio-url"
+        ) from None
+    push = getattr(client, "push_dataset", None)
+    if push is None:
+        raise SednaSamError("sedna_sam.labelstudio.client has no push_dataset(); use `sedna-sam ls push`")
+    return _finish(push(dataset_dir, labels, url=args.label_studio_url))
+
+
+def _demo(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from sedna_sam import convert
+    from sedna_sam.annotate.engine import annotate_dataset
+    from sedna_sam.labels import load_labels
+    from sedna_sam.storage import DatasetLayout, list_images
+
+    work = Path(args.out).resolve()
+    layout = DatasetLayout(work)
+    labels = load_labels(args.config_path or args.dataset)
+    ckpt, semantic, overrides, random_models = _demo_models(args, work, labels)
+    source = Path(args.images) if args.images else EXAMPLES_RAW
+    if not source.is_dir() or not list_images(source):
+        raise SednaSamError(
+            f"{source}: no example images (run examples/make_example_images.py or pass --images DIR)"
+        )
+    layout.raw_data.mkdir(parents=True, exist_ok=True)
+    for img in list_images(source):
+        if not (layout.raw_data / img.name).exists():
+            shutil.copy2(img, layout.raw_data / img.name)
+    args.ckpt_path, args.semantic_model = ckpt, semantic
+    options = _options_from_args(args, labels)
+    options.sam = dataclasses.replace(
+        options.sam, **{k: v for k, v in overrides.items() if getattr(args, k) is None}
+    )
+    failed = 0
+    print(f"[1/3] annotate {layout.raw_data} -> {layout.ssa_output}")
+    report = annotate_dataset(
+        layout.raw_data, layout.ssa_output, options, save_img=True, progress=not args.no_progress
+    )
+    print("      " + report.summary().replace("\n", "\n      "))
+    failed |= report.exit_code
+    print(f"[2/3] ssa-to-ls -> {layout.root / 'ls_data'}")
+    report = convert.ssa_to_ls(work, labels, progress=not args.no_progress)
+    print("      " + report.summary().replace("\n", "\n      "))
+    failed |= report.exit_code
+    print(f"[3/3] ssa-to-trainids -> {layout.root / 'train_ids'}")
+    report = convert.ssa_to_trainids(work, labels, preview=True, progress=not args.no_progress)
+    print("      " + report.summary().replace("\n", "\n      "))
+    failed |= report.exit_code
+    if args.label_studio_url:
+        failed |= push_step(work, labels, args)
+    if random_models:
+        print("NOTE: tiny random-weight models were used: the outputs are meaningless (plumbing only).")
+    print(f"done: {work}")
+    return failed
+
+
+def _register_demo(subparsers) -> None:
+    p = subparsers.add_parser(
+        "demo",
+        help="one-machine chain on the example images: annotate -> Label Studio tasks -> TrainIds",
+        description="Runs annotate, ssa-to-ls and ssa-to-trainids on examples/dataset/raw_data into --out. "
+        "Needs real models (--ckpt-path, --semantic-model) or --tiny-random-models (offline, meaningless masks).",
+    )
+    p.add_argument("--out", default="demo-output", help="work directory (default ./demo-output)")
+    p.add_argument("--images", default=None, help="image folder instead of the shipped examples")
+    p.add_argument(
+        "--tiny-random-models",
+        action="store_true",
+        help="build tiny random-weight SAM + Segformer (plumbing only)",
+    )
+    p.add_argument(
+        "--label-studio-url",
+        default=None,
+        help="also push the tasks to this Label Studio (LABEL_STUDIO_API_KEY from env)",
+    )
+    p.add_argument("--dataset", default="cityscapes", help="labels and SAM defaults (cityscapes)")
+    add_config_path(p)
+    _add_model_args(p, required=False)
+    _add_sam_args(p)
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=_demo)
+
+
+def register(subparsers) -> None:
+    _register_annotate(subparsers)
+    _register_models(subparsers)
+    _register_demo(subparsers)
