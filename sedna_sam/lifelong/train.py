@@ -7,8 +7,8 @@ the old one. Plain PyTorch: AdamW, polynomial learning-rate decay, cross-entropy
 
 A killed training resumes: every ``checkpoint_every`` steps the model, optimizer and step
 are saved atomically to ``<work_dir>/checkpoint.pt``; a rerun with the same samples and
-settings continues from there. Batches and augmentations are drawn from an RNG seeded
-by (seed, step), so a resumed run sees exactly the batches the killed one would have.
+settings continues from there. Batches, flips and dropout masks are drawn from RNGs
+seeded by (seed, step), so a resumed run computes what the killed one would have.
 """
 
 from __future__ import annotations
@@ -292,6 +292,7 @@ def train_segformer(
     try:
         for step in range(start, end):
             picks, flips = draw_batch(step, new_samples, replay_samples, config)
+            torch.manual_seed(config.seed * 1_000_003 + step)  # dropout: also a function of (seed, step)
             x, y = batch_tensors([cache.get(s) for s in picks], flips, size, seg.mean, seg.std, device)
             lr = config.lr * (1 - step / config.steps) ** 0.9  # polynomial decay, a function of step only
             for group in optimizer.param_groups:
