@@ -16,7 +16,6 @@ import pytest
 
 from sedna_sam.annotate.openvocab import (
     build_tiny_clip,
-    closed_set_votes,
     combine_closed_open,
     load_clip,
     mask_crops,
@@ -120,17 +119,6 @@ def test_mask_crops_keep_the_object_and_grey_out_the_rest():
     assert (empty == 127).all()
 
 
-def test_closed_set_votes_match_counting():
-    ids = np.zeros((10, 10), np.int64)
-    ids[:, 5:] = 3
-    masks = np.zeros((3, 10, 10), bool)
-    masks[0, :, :4] = True  # all class 0
-    masks[1, :, 3:] = True  # 10 px of class 0, 50 of class 3
-    top, share = closed_set_votes(ids, masks)
-    assert top.tolist() == [0, 3, -1]
-    np.testing.assert_allclose(share, [1.0, 50 / 70, 0.0])
-
-
 def test_combine_rules():
     names = ["car", "road", "scooter"]
     probs = np.array(
@@ -187,26 +175,78 @@ def red_everywhere_segformer_dir(tmp_path_factory):
     return save_segformer(model, tmp_path_factory.mktemp("segformer") / "red", input_size=(64, 64))
 
 
+def evidence_for(semantic_ids: np.ndarray, masks: np.ndarray):
+    """The engine's per-image evidence: config ids + per-mask histograms (B's voting pass)."""
+    from sedna_sam.annotate.labelers import SemanticEvidence
+    from sedna_sam.annotate.voting import MaskSet, class_counts_and_owner
+
+    mask_set = MaskSet.from_dense(masks)
+    return mask_set, SemanticEvidence(semantic_ids, *class_counts_and_owner(semantic_ids, mask_set))
+
+
 def test_segformer_plus_clip_closed_first_open_where_needed(colour_clip_dir, red_everywhere_segformer_dir):
-    from sedna_sam.annotate.openvocab import ClipLabeler, SegformerClipLabeler
+    from sedna_sam.annotate.labelers import make_labeler
+    from sedna_sam.annotate.semantic import SegformerBackend
     from sedna_sam.labels import LabelSet
 
     image, masks, _ = blobs_image()
     labels = LabelSet.from_names(["red thing", "green thing", "blue thing"])  # blue: new class
-    combined = SegformerClipLabeler(labels, colour_clip_dir, red_everywhere_segformer_dir, device="cpu")
-    ids = combined.label_masks(image, masks)
+    semantic_ids = SegformerBackend(red_everywhere_segformer_dir, labels, device="cpu").predict(image)
+    mask_set, evidence = evidence_for(semantic_ids, masks)
+    options = {"clip_model": colour_clip_dir, "semantic_model": red_everywhere_segformer_dir, "device": "cpu"}
+    combined = make_labeler("segformer+clip", labels, **options)
+    result = combined(image, mask_set, evidence)
     # red: closed set sure and right; green: closed set sure (and wrong), CLIP's known class
     # does not overrule it; blue: a class the closed set cannot know, CLIP is confident.
-    assert [labels.id2label[i] for i in ids] == ["red thing", "red thing", "blue thing"]
+    assert [labels.id2label[i] for i in result.class_ids] == ["red thing", "red thing", "blue thing"]
     assert combined.last_branches == ["closed", "closed", "open"]
+    assert result.proposals[0] == ["red thing"] and result.proposals[2][0] == "blue thing"
 
     # A closed set that is never sure enough leaves every mask to CLIP.
-    unsure = SegformerClipLabeler(labels, colour_clip_dir, combined.semantic, device="cpu", min_share=1.01)
-    assert [labels.id2label[i] for i in unsure.label_masks(image, masks)] == [
+    unsure = make_labeler("segformer+clip", labels, **options, min_share=1.01)
+    assert [labels.id2label[i] for i in unsure(image, mask_set, evidence).class_ids] == [
         "red thing",
         "green thing",
         "blue thing",
     ]
-    clip_only = ClipLabeler(labels, combined.open.clip)
-    assert clip_only.label_masks(image, masks).tolist() == [0, 1, 2]
-    assert clip_only.label_masks(image, masks[:0]).shape == (0,)
+    clip_only = make_labeler("clip", labels, clip_model=combined.open.clip)
+    got = clip_only(image, mask_set, evidence)
+    assert got.class_ids.tolist() == [0, 1, 2] and [p[0] for p in got.proposals] == list(labels.names)
+
+
+def test_clip_labeler_in_the_engine_uses_a_new_class_from_the_labels_json(
+    colour_clip_dir, red_everywhere_segformer_dir, tmp_path
+):
+    """Through the pre-annotation engine (tiny SAM, tiny Segformer, ``--labeler clip``): a
+    labels JSON that gains "blue thing" puts it before CLIP for every mask. (Random SAM
+    masks are speckles, so which mask wins which name is checked above, on set masks.)"""
+    from sedna_sam.annotate.engine import AnnotateOptions, Annotator
+    from sedna_sam.annotate.sam import SamParams
+    from sedna_sam.labels import load_labels
+    from sedna_sam.models import build_tiny_sam
+
+    ckpt = build_tiny_sam(tmp_path / "sam_tiny.pth")
+    image, _, _ = blobs_image()
+    # A random-weight SAM predicts low IoUs: keep every mask it makes.
+    params = SamParams(points_per_side=4, pred_iou_thresh=0.0, stability_score_thresh=0.0, crop_n_layers=0)
+    proposed = {}
+    for n in (2, 3):
+        config = tmp_path / f"labels{n}.json"
+        config.write_text(json.dumps({str(i): f"{c} thing" for i, c in enumerate(list(COLOURS)[:n])}))
+        labels = load_labels(config)
+        options = AnnotateOptions(
+            ckpt_path=str(ckpt),
+            semantic_model=str(red_everywhere_segformer_dir),
+            labels=labels,
+            labeler="clip",
+            labeler_options={"clip_model": str(colour_clip_dir)},
+            sam=params,
+            device="cpu",
+        )
+        records = Annotator.from_options(options).annotate(image).document["annotations"]
+        assert records and all(r["class_name"] in labels.names for r in records)
+        # CLIP ranks every label name of the config for every mask, best first.
+        assert all(sorted(r["class_proposals"]) == sorted(labels.names) for r in records)
+        assert all(r["class_proposals"][0] == r["class_name"] for r in records)
+        proposed[n] = {p for r in records for p in r["class_proposals"]}
+    assert "blue thing" not in proposed[2] and "blue thing" in proposed[3]
