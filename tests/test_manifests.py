@@ -27,9 +27,11 @@ OVERLAYS = sorted(p.parent.name for p in (MANIFESTS / "overlays").glob("*/kustom
 SECRET_NAME = "sedna-sam-secrets"
 PLACEHOLDERS = re.compile(
     r"\b(CLOUD_NODE|EDGE_NODE|CLOUD_IMAGE|EDGE_IMAGE|LABEL_STUDIO_IMAGE|LABEL_STUDIO_ADMIN|DATA_ROOT|"
-    r"EDGE_DATA_ROOT|EDGE_SOURCE|DATASET_URL|STORE_URL|OUTPUT_DIR)\b"
+    r"EDGE_DATA_ROOT|EDGE_SOURCE|DATASET_URL|STORE_URL|OUTPUT_DIR|SEMANTIC_MODEL|BASE_MODEL|OLD_TEST_INDEX)\b"
 )
 
+# Env read by a library inside our images rather than by our code, set on purpose.
+THIRD_PARTY_ENV = {"HF_HOME"}  # huggingface_hub's cache directory
 # What Sedna's global manager sets itself in each worker kind (DESIGN.md section 5; never set
 # by our templates). The names every role reads are sedna_sam.sedna_compat.ENV / ROLE_ENV.
 GM_ENV_ALL = {"NAMESPACE", "JOB_NAME", "WORKER_NAME", "LC_SERVER", "KB_SERVER"}
@@ -109,13 +111,19 @@ def containers(target: str):
 @cache
 def code_env_reads() -> tuple[frozenset, frozenset]:
     """(all env names our package reads, those read without a default: os.environ[NAME]),
-    each as (package, name) pairs, from an AST scan of sedna_sam/."""
+    each as (package, name) pairs, from an AST scan of sedna_sam/.
+
+    Reads are ``os.environ[NAME]``, ``os.environ.get(NAME)``, ``os.getenv(NAME)``,
+    ``sedna_compat.get_param(NAME)`` and calls of one-level wrappers: a function whose
+    parameter is passed on as the name to one of those (``pick("steps", "TRAIN_STEPS")``)."""
     read, required = set(), set()
     for path in (ROOT / "sedna_sam").rglob("*.py"):
         rel = path.relative_to(ROOT / "sedna_sam").parts
         package = rel[0] if len(rel) > 1 else ""
-        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
-            name, has_default = env_read(node)
+        tree = ast.parse(path.read_text(encoding="utf-8"), str(path))
+        wrappers = env_wrappers(tree)
+        for node in ast.walk(tree):
+            name, has_default = env_read(node, wrappers)
             if name is not None:
                 read.add((package, name))
                 if not has_default:
@@ -129,23 +137,50 @@ def is_environ(node: ast.AST) -> bool:
     )
 
 
-def env_read(node: ast.AST) -> tuple[str | None, bool]:
+def func_name(func: ast.AST) -> str | None:
+    return func.attr if isinstance(func, ast.Attribute) else func.id if isinstance(func, ast.Name) else None
+
+
+def env_read_call(node: ast.Call) -> ast.AST | None:
+    """The name argument of a direct env read call (environ.get, getenv, get_param)."""
+    name = func_name(node.func)
+    is_get = (
+        name in ("get", "setdefault") and isinstance(node.func, ast.Attribute) and is_environ(node.func.value)
+    )
+    if (is_get or name in ("getenv", "get_param")) and node.args:
+        return node.args[0]
+    return None
+
+
+def env_wrappers(tree: ast.AST) -> dict[str, int]:
+    """{function name: index of the parameter it passes on as an env name}."""
+    wrappers = {}
+    for fn in ast.walk(tree):
+        if not isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            continue
+        params = [a.arg for a in fn.args.args]
+        for node in ast.walk(fn):
+            if isinstance(node, ast.Call):
+                arg = env_read_call(node)
+                if isinstance(arg, ast.Name) and arg.id in params:
+                    wrappers[fn.name] = params.index(arg.id)
+    return wrappers
+
+
+def env_read(node: ast.AST, wrappers: dict[str, int] | None = None) -> tuple[str | None, bool]:
     """(NAME, has_default) when the node reads an env variable with a constant name."""
     if isinstance(node, ast.Subscript) and is_environ(node.value):
         key = node.slice
         if isinstance(key, ast.Constant) and isinstance(key.value, str):
             if isinstance(getattr(node, "ctx", None), ast.Load):
                 return key.value, False
-    if isinstance(node, ast.Call) and node.args and isinstance(node.args[0], ast.Constant):
-        func, name = node.func, node.args[0].value
-        if not isinstance(name, str):
-            return None, True
-        is_get = (
-            isinstance(func, ast.Attribute) and func.attr in ("get", "setdefault") and is_environ(func.value)
-        )
-        is_getenv = isinstance(func, ast.Attribute) and func.attr == "getenv"
-        if is_get or is_getenv:
-            return name, True  # .get/getenv: None (or the default) when unset
+    if isinstance(node, ast.Call):
+        arg = env_read_call(node)
+        index = (wrappers or {}).get(func_name(node.func) or "")
+        if arg is None and index is not None and len(node.args) > index:
+            arg = node.args[index]
+        if isinstance(arg, ast.Constant) and isinstance(arg.value, str):
+            return arg.value, True  # .get/getenv/get_param: None (or the default) when unset
     return None, True
 
 
@@ -231,6 +266,17 @@ def test_settings_validate_and_reach_the_objects(overlay):
     assert job["evalSpec"]["template"]["spec"]["nodeName"] == settings["cloudNode"]
     assert job["deploySpec"]["template"]["spec"]["nodeName"] == settings["edgeNode"]
     assert dataset == {"url": settings["datasetUrl"], "format": "txt", "nodeName": settings["cloudNode"]}
+    train_env = {
+        e["name"]: e.get("value") for e in job["trainSpec"]["template"]["spec"]["containers"][0]["env"]
+    }
+    eval_env = {
+        e["name"]: e.get("value") for e in job["evalSpec"]["template"]["spec"]["containers"][0]["env"]
+    }
+    assert train_env["BASE_MODEL_URL"] == settings["baseModel"]
+    assert eval_env["OLD_TEST_DATASET_URL"] == settings["oldTestIndex"]
+    annotation = docs[("Deployment", "sedna-sam-annotation")]["spec"]["template"]["spec"]["containers"][0]
+    args = annotation["args"]
+    assert args[args.index("--semantic-model") + 1] == settings["semanticModel"]
     for where, role, c, spec in containers(f"overlays/{overlay}"):
         expected = {
             "cloud": "cloudImage", "cloud-init": "cloudImage", "train": "cloudImage", "eval": "cloudImage",
@@ -320,7 +366,7 @@ def test_crd_schema_rejects_bad_objects():
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_env_set_in_templates_is_read_by_our_code_or_sedna(overlay):
     read, _ = code_env_reads()
-    known = {name for _, name in read} | contract_env_names()
+    known = {name for _, name in read} | contract_env_names() | THIRD_PARTY_ENV
     for where, role, c, _ in containers(f"overlays/{overlay}"):
         if role == "label-studio":
             continue
