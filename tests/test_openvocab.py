@@ -25,7 +25,7 @@ from sedna_sam.errors import SednaSamError
 COLOURS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 40, 220), "yellow": (230, 220, 30)}
 
 
-def _teach_colours(clip, steps: int = 60, seed: int = 0) -> None:
+def _teach_colours(clip, steps: int = 40, seed: int = 0) -> None:
     """Contrastive steps on solid-colour squares of random size/position vs colour prompts."""
     import torch
 
