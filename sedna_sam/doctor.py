@@ -17,6 +17,7 @@ import urllib.request
 import uuid
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Callable
 
 from sedna_sam.registry import Registry
@@ -48,6 +49,7 @@ class DoctorContext:
     ls_token: str | None = None
     store_url: str | None = None
     timeout_s: float = 5.0
+    verify_hash: bool = False  # sha256 of official SAM checkpoints (seconds per GB)
 
 
 # Which env variables (the Sedna worker contract in sedna_sam.sedna_compat) name local
@@ -166,6 +168,12 @@ def check_models(ctx: DoctorContext) -> list[CheckResult]:
     urls = list(ctx.model_paths)
     for name in MODEL_ENV.get(ctx.role, ()):
         urls.extend(split_urls(get_param(name, "", env=ctx.env) or ""))
+    results = []
+    if ctx.role == "cloud" and not urls:
+        results.append(sam_checkpoints_in(ctx.env.get("SEDNA_SAM_MODELS_DIR")))
+        urls = [str(Path(ctx.env["SEDNA_SAM_MODELS_DIR"]) / n) for n in official_sam_files(results[-1])]
+    if not urls and results:
+        return results
     if not urls:
         status = WARN if ctx.role in ("edge", "cloud") else FAIL
         return [
@@ -176,11 +184,54 @@ def check_models(ctx: DoctorContext) -> list[CheckResult]:
                 "mount the checkpoints and pass --model, or fetch them with `sedna-sam models download`",
             )
         ]
-    return [probe_model(url) for url in urls]
+    return results + [probe_model(url, ctx.verify_hash) for url in urls]
 
 
-def probe_model(url: str) -> CheckResult:
-    """A model file (or a Hugging Face model directory) exists, is readable and not empty."""
+def sam_checkpoints_in(models_dir: str | None) -> CheckResult:
+    """The official SAM checkpoints present in the annotation service's models directory."""
+    from sedna_sam.models import CHECKPOINTS
+
+    fix = f"sedna-sam models download vit_h --dir {models_dir or 'DIR'} (checksummed; resumes)"
+    if not models_dir:
+        return CheckResult("sam checkpoints", WARN, "SEDNA_SAM_MODELS_DIR is not set", "set it, or " + fix)
+    found = [c.filename for c in CHECKPOINTS.values() if (Path(models_dir) / c.filename).is_file()]
+    if not found:
+        return CheckResult("sam checkpoints", FAIL, f"no SAM checkpoint in {models_dir}", fix)
+    return CheckResult("sam checkpoints", OK, f"{models_dir}: {', '.join(found)}")
+
+
+def official_sam_files(result: CheckResult) -> list[str]:
+    """File names listed by a passing :func:`sam_checkpoints_in` result."""
+    if result.status != OK:
+        return []
+    return [name.strip() for name in result.detail.split(": ", 1)[1].split(",")]
+
+
+def verify_official(path: str, verify_hash: bool) -> CheckResult | None:
+    """Size (and sha256) check of a file named like an official SAM checkpoint; None for others."""
+    from sedna_sam.errors import InputError
+    from sedna_sam.models import CHECKPOINTS, verify_checkpoint
+
+    ckpt = next((c for c in CHECKPOINTS.values() if c.filename == os.path.basename(path)), None)
+    if ckpt is None or not is_local(path):
+        return None
+    label = f"model {ckpt.filename}"
+    try:
+        verify_checkpoint(local_path(path), ckpt, check_hash=verify_hash)
+    except InputError as exc:
+        return CheckResult(
+            label,
+            FAIL,
+            str(exc),
+            f"delete it and run `sedna-sam models download {ckpt.name} --dir {os.path.dirname(path)}`",
+        )
+    what = "size and sha256 match" if verify_hash else "size matches (--verify-hash checks sha256)"
+    return CheckResult(label, OK, f"{path}: {what} the official {ckpt.name} checkpoint")
+
+
+def probe_model(url: str, verify_hash: bool = False) -> CheckResult:
+    """A model file (or a Hugging Face model directory) exists, is readable and not empty;
+    an official SAM checkpoint also has the registry's size (and sha256)."""
     from sedna_sam.storage import url_filesystem
 
     label = f"model {os.path.basename(url.rstrip('/')) or url}"
@@ -209,6 +260,9 @@ def probe_model(url: str) -> CheckResult:
         )
     if not size:
         return CheckResult(label, FAIL, f"{url} is empty", "download it again (`sedna-sam models download`)")
+    official = verify_official(url, verify_hash)
+    if official is not None:
+        return official
     return CheckResult(label, OK, f"{url} readable ({size / 1e6:.1f} MB)")
 
 

@@ -228,3 +228,32 @@ def test_a_crashing_check_is_reported(monkeypatch):
     assert results[0].status == FAIL and "kaput" in results[0].detail
     assert doctor.exit_code(results) == 1
     assert "-> fix:" in doctor.format_table(results)
+
+
+def test_sam_checkpoints_in_the_models_dir(tmp_path):
+    """The cloud role finds official SAM checkpoints in $SEDNA_SAM_MODELS_DIR and checks them
+    against the registry: size always, sha256 with --verify-hash. A sparse file of the right
+    size stands in for the 375 MB download (no network here)."""
+    from sedna_sam.models import CHECKPOINTS
+
+    vit_b = CHECKPOINTS["vit_b"]
+    env = {"SEDNA_SAM_MODELS_DIR": str(tmp_path)}
+    by_name = {r.name: r for r in doctor.CHECKS.get("models")(DoctorContext("cloud", env=env))}
+    assert (
+        by_name["sam checkpoints"].status == FAIL
+        and "models download vit_h" in by_name["sam checkpoints"].fix
+    )
+    with open(tmp_path / vit_b.filename, "wb") as fh:
+        fh.truncate(vit_b.size)
+    results = doctor.CHECKS.get("models")(DoctorContext("cloud", env=env))
+    assert [r.status for r in results] == [OK, OK], results
+    assert "size matches" in results[1].detail
+    hashed = doctor.CHECKS.get("models")(DoctorContext("cloud", env=env, verify_hash=True))
+    assert (
+        hashed[1].status == FAIL and "sha256" in hashed[1].detail and "models download vit_b" in hashed[1].fix
+    )
+    with open(tmp_path / vit_b.filename, "wb") as fh:
+        fh.truncate(1000)  # an interrupted copy
+    truncated = doctor.CHECKS.get("models")(DoctorContext("cloud", env=env))
+    assert truncated[1].status == FAIL and "expected" in truncated[1].detail
+    assert one(DoctorContext("cloud", env={}), "models").status == WARN  # no models dir configured

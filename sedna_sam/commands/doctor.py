@@ -11,7 +11,8 @@ OK / WARN / FAIL rows, each failure with what to fix. Exit status 1 when a check
 
 roles and what they check:
   edge   Sedna worker env, Sedna lib, unseen/result dirs writable, model readable, store writable, CPU/GPU
-  cloud  model files readable, Label Studio reachable with the token, store writable, GPU visible
+  cloud  SAM checkpoints in $SEDNA_SAM_MODELS_DIR (size, --verify-hash: sha256), Label Studio
+         reachable with the token, store writable, GPU visible
   train  Sedna worker env, Sedna lib, output dir writable, store writable, GPU visible
   eval   Sedna worker env, Sedna lib, output dir writable, MODEL_URLS readable, GPU visible
 
@@ -43,6 +44,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="store directory or s3:// URL to probe for writes (default $SEDNA_SAM_STORE)",
     )
     parser.add_argument(
+        "--verify-hash",
+        action="store_true",
+        help="also check the sha256 of official SAM checkpoints (about 1 s per 100 MB; size is always checked)",
+    )
+    parser.add_argument(
         "--timeout", type=float, default=5.0, help="network timeout per request, s (default 5)"
     )
     parser.add_argument("--json", action="store_true", help="print the results as JSON instead of a table")
@@ -58,6 +64,7 @@ def run(args: argparse.Namespace) -> int:
         ls_url=args.ls_url,
         store_url=args.store,
         timeout_s=args.timeout,
+        verify_hash=args.verify_hash,
     )
     results = run_checks(ctx)
     print(format_json(results) if args.json else format_table(results))
