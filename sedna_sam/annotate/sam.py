@@ -34,6 +34,7 @@ class SamParams:
     crop_n_layers: int = 1
     crop_n_points_downscale_factor: int = 2
     min_mask_region_area: int = 100
+    box_nms_thresh: float = 0.7  # SAM's default, kept by SSA
 
 
 # SSA's per-dataset settings (foggy driving: denser points for low-contrast scenes).

@@ -41,6 +41,7 @@ def _options_from_args(args: argparse.Namespace, labels):
         crop_n_layers=args.crop_n_layers,
         crop_n_points_downscale_factor=args.crop_n_points_downscale_factor,
         min_mask_region_area=args.min_mask_region_area,
+        box_nms_thresh=args.box_nms_thresh,
     )
     return AnnotateOptions(
         ckpt_path=str(args.ckpt_path),
@@ -132,6 +133,7 @@ def _add_sam_args(p: argparse.ArgumentParser) -> None:
         ("crop-n-layers", int, "crop layers, each adds encoder passes (1)"),
         ("crop-n-points-downscale-factor", int, "point density divisor per crop layer (2)"),
         ("min-mask-region-area", int, "remove holes/islands smaller than this, px (100)"),
+        ("box-nms-thresh", float, "drop masks whose box overlaps a better one above this IoU (0.7)"),
     ):
         dest = flag.replace("-", "_")
         g.add_argument(f"--{flag}", f"--{dest}", dest=dest, type=typ, default=None, help=what)
@@ -290,7 +292,7 @@ def _demo_models(args: argparse.Namespace, work: Path, labels):
     if not (semantic / "config.json").exists():
         build_tiny_segformer(semantic, labels)
     # A random SAM predicts low IoU/stability: keep every mask so the later steps get input.
-    tiny = dict(points_per_side=8, pred_iou_thresh=0.0, stability_score_thresh=0.0, crop_n_layers=0)
+    tiny = dict(points_per_side=4, pred_iou_thresh=0.0, stability_score_thresh=0.0, crop_n_layers=0)
     return str(ckpt), str(semantic), tiny, True
 
 
