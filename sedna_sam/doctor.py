@@ -225,8 +225,8 @@ def verify_official(path: str, verify_hash: bool) -> CheckResult | None:
             str(exc),
             f"delete it and run `sedna-sam models download {ckpt.name} --dir {os.path.dirname(path)}`",
         )
-    what = "size and sha256 match" if verify_hash else "size matches (--verify-hash checks sha256)"
-    return CheckResult(label, OK, f"{path}: {what} the official {ckpt.name} checkpoint")
+    what = "size and sha256" if verify_hash else "size (sha256: --verify-hash)"
+    return CheckResult(label, OK, f"{path}: {what} of the official {ckpt.name} checkpoint")
 
 
 def probe_model(url: str, verify_hash: bool = False) -> CheckResult:

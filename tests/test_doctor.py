@@ -247,7 +247,7 @@ def test_sam_checkpoints_in_the_models_dir(tmp_path):
         fh.truncate(vit_b.size)
     results = doctor.CHECKS.get("models")(DoctorContext("cloud", env=env))
     assert [r.status for r in results] == [OK, OK], results
-    assert "size matches" in results[1].detail
+    assert "size (sha256: --verify-hash) of the official vit_b" in results[1].detail
     hashed = doctor.CHECKS.get("models")(DoctorContext("cloud", env=env, verify_hash=True))
     assert (
         hashed[1].status == FAIL and "sha256" in hashed[1].detail and "models download vit_b" in hashed[1].fix
