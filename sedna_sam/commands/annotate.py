@@ -209,22 +209,22 @@ def _models_list(args: argparse.Namespace) -> int:
     from sedna_sam.models import CHECKPOINTS, verify_checkpoint
 
     directory = Path(args.dir) if args.dir else None
-    print(f"{'name':6} {'file':22} {'bytes':>14}  sha256 / status")
+    print(f"{'name':6} {'file':22} {'bytes':>14}  {'sha256':64}" + ("  status" if directory else ""))
     for c in CHECKPOINTS.values():
-        status = c.sha256 or "(size check only)"
+        line = f"{c.name:6} {c.filename:22} {c.size:>14,}  {c.sha256 or '(unknown: size check only)':64}"
         if directory is not None:
             path = directory / c.filename
             if not path.exists():
-                status = "missing" + (
-                    " (partial download present)" if path.with_name(path.name + ".part").exists() else ""
-                )
+                partial = path.with_name(path.name + ".part").exists()
+                status = "missing" + (" (partial download: rerun download to resume)" if partial else "")
             else:
                 try:
                     verify_checkpoint(path, c, check_hash=args.verify)
                     status = "present, " + ("sha256 ok" if args.verify else "size ok")
                 except SednaSamError as exc:
                     status = f"BAD: {exc}"
-        print(f"{c.name:6} {c.filename:22} {c.size:>14,}  {status}")
+            line += f"  {status}"
+        print(line)
     return 0
 
 
