@@ -434,6 +434,31 @@ def label_studio_env_names() -> set[str] | None:
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
+def test_label_studio_args_parse_with_its_own_parser(overlay):
+    """The Label Studio container's arguments, parsed by the installed server's argparser."""
+    python = ROOT / ".venv-ls" / "bin" / "python"
+    if not python.exists():
+        if os.environ.get("CI"):
+            pytest.fail("Label Studio is not installed in .venv-ls (scripts/install.sh installs it)")
+        pytest.skip("Label Studio (.venv-ls) not installed")
+    studio = next(c for _, role, c, _ in containers(f"overlays/{overlay}") if role == "label-studio")
+    assert studio["args"][0] == "label-studio"
+    code = (
+        "import json, sys\nfrom label_studio.core.argparser import parse_input_args\n"
+        "a = parse_input_args(json.loads(sys.argv[1]))\n"
+        "print(json.dumps([a.command, a.no_browser, a.internal_host, a.port, a.data_dir]))"
+    )
+    out = subprocess.run(
+        [str(python), "-c", code, json.dumps(studio["args"][1:])], capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode == 0, out.stderr
+    parsed = json.loads(out.stdout.strip().splitlines()[-1])
+    mounts = {m["mountPath"] for m in studio["volumeMounts"]}
+    assert parsed[:3] == ["start", True, "0.0.0.0"]
+    assert parsed[3] == studio["ports"][0]["containerPort"] and parsed[4] in mounts
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
 def test_label_studio_env_is_read_by_label_studio(overlay):
     names = label_studio_env_names()
     if names is None:
@@ -525,6 +550,13 @@ def test_pods_run_as_non_root_with_resources(overlay):
         assert sc.get("capabilities", {}).get("drop") == ["ALL"], (
             f"{where}/{c['name']}: drop ALL capabilities"
         )
+        paths = [m["mountPath"] for m in c.get("volumeMounts", [])]
+        assert len(paths) == len(set(paths)), f"{where}/{c['name']}: two volumes on one mountPath {paths}"
+        volumes = {v["name"]: v for v in spec.get("volumes", [])}
+        for m in c.get("volumeMounts", []):
+            assert m["name"] in volumes, f"{where}/{c['name']}: mount of undefined volume {m['name']}"
+            sources = set(volumes[m["name"]]) - {"name"}
+            assert len(sources) == 1, f"{where}: volume {m['name']} has several sources {sources}"
         for part in ("requests", "limits"):
             got = c.get("resources", {}).get(part, {})
             assert {"cpu", "memory"} <= set(got), (
