@@ -77,12 +77,11 @@ def scene() -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def tiny_sam(tmp_path_factory):
-    """A reduced-size SAM checkpoint file, loaded through the same loader as real weights."""
-    from sedna_sam.models import build_tiny_sam, load_sam
+def tiny_sam(tiny_sam_ckpt):
+    """The session's reduced-size SAM checkpoint file, loaded like real weights."""
+    from sedna_sam.models import load_sam
 
-    ckpt = build_tiny_sam(tmp_path_factory.mktemp("sam") / "sam_tiny.pth")
-    return load_sam(ckpt, device="cpu")
+    return load_sam(tiny_sam_ckpt, device="cpu")
 
 
 def reference_mask(sam, image: np.ndarray, points=None, labels=None, box=None) -> np.ndarray:

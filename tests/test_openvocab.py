@@ -215,7 +215,7 @@ def test_segformer_plus_clip_closed_first_open_where_needed(colour_clip_dir, red
 
 
 def test_clip_labeler_in_the_engine_uses_a_new_class_from_the_labels_json(
-    colour_clip_dir, red_everywhere_segformer_dir, tmp_path
+    colour_clip_dir, red_everywhere_segformer_dir, tiny_sam_ckpt, tmp_path
 ):
     """Through the pre-annotation engine (tiny SAM, tiny Segformer, ``--labeler clip``): a
     labels JSON that gains "blue thing" puts it before CLIP for every mask. (Random SAM
@@ -223,9 +223,8 @@ def test_clip_labeler_in_the_engine_uses_a_new_class_from_the_labels_json(
     from sedna_sam.annotate.engine import AnnotateOptions, Annotator
     from sedna_sam.annotate.sam import SamParams
     from sedna_sam.labels import load_labels
-    from sedna_sam.models import build_tiny_sam
 
-    ckpt = build_tiny_sam(tmp_path / "sam_tiny.pth")
+    ckpt = tiny_sam_ckpt
     image, _, _ = blobs_image()
     # A random-weight SAM predicts low IoUs: keep every mask it makes.
     params = SamParams(points_per_side=4, pred_iou_thresh=0.0, stability_score_thresh=0.0, crop_n_layers=0)
@@ -250,3 +249,54 @@ def test_clip_labeler_in_the_engine_uses_a_new_class_from_the_labels_json(
         assert all(r["class_proposals"][0] == r["class_name"] for r in records)
         proposed[n] = {p for r in records for p in r["class_proposals"]}
     assert "blue thing" not in proposed[2] and "blue thing" in proposed[3]
+
+
+def test_annotate_cli_with_the_clip_labeler(colour_clip_dir, tiny_sam_ckpt, tmp_path, monkeypatch):
+    """`sedna-sam annotate --labeler clip --config-path labels.json`: the CLIP model comes
+    from $SEDNA_SAM_CLIP_MODEL, the names from the labels JSON (a class no Segformer has)."""
+    from sedna_sam.cli import main
+    from sedna_sam.images import write_png
+    from sedna_sam.labels import LabelSet
+    from sedna_sam.segformer import build_tiny_segformer
+
+    names = ["red thing", "green thing", "blue thing"]
+    (tmp_path / "labels.json").write_text(json.dumps({str(i): n for i, n in enumerate(names)}))
+    segformer = build_tiny_segformer(
+        tmp_path / "segformer", LabelSet.from_names(names[:2]), input_size=(64, 64)
+    )
+    write_png(tmp_path / "raw" / "blobs.png", blobs_image()[0])
+    monkeypatch.setenv("SEDNA_SAM_CLIP_MODEL", str(colour_clip_dir))
+    code = main(
+        [
+            "annotate",
+            "--data-dir",
+            str(tmp_path / "raw"),
+            "--out-dir",
+            str(tmp_path / "out"),
+            "--ckpt-path",
+            str(tiny_sam_ckpt),
+            "--semantic-model",
+            str(segformer),
+            "--config-path",
+            str(tmp_path / "labels.json"),
+            "--labeler",
+            "clip",
+            "--device",
+            "cpu",
+            "--points-per-side",
+            "2",
+            "--pred-iou-thresh",
+            "0",
+            "--stability-score-thresh",
+            "0",
+            "--crop-n-layers",
+            "0",
+            "--no-progress",
+        ]  # fmt: skip
+    )
+    assert code == 0
+    doc = json.loads((tmp_path / "out" / "blobs_semantic.json").read_text())
+    assert doc["annotations"]
+    for record in doc["annotations"]:
+        assert sorted(record["class_proposals"]) == sorted(names)  # CLIP ranked every name
+        assert record["class_name"] == record["class_proposals"][0]

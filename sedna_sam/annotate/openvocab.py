@@ -37,6 +37,8 @@ from sedna_sam.labels import LabelSet
 log = logging.getLogger(__name__)
 
 DEFAULT_TEMPLATES: tuple[str, ...] = ("a photo of a {}.",)
+# Used when a labeler gets no ``clip_model`` option (e.g. ``sedna-sam annotate --labeler clip``).
+DEFAULT_CLIP_MODEL = "openai/clip-vit-base-patch32"
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
@@ -334,7 +336,9 @@ def build_tiny_clip(
 # --- labelers (registered in LABELERS; protocol in sedna_sam.annotate.labelers) ------------
 
 
-def _as_clip(clip: Clip | str | Path, device: str | None) -> Clip:
+def _as_clip(clip: Clip | str | Path | None, device: str | None) -> Clip:
+    if clip is None:
+        clip = os.environ.get("SEDNA_SAM_CLIP_MODEL") or DEFAULT_CLIP_MODEL
     return clip if isinstance(clip, Clip) else load_clip(clip, device)
 
 
@@ -349,14 +353,15 @@ class ClipLabeler:
 
     The names are the labels config's (``labels.names``), read when the labeler is made: a
     class added to the config is a new prompt, no retraining. ``clip_model`` is a
-    ``save_pretrained`` directory or a hub id (e.g. ``openai/clip-vit-base-patch32``).
+    ``save_pretrained`` directory or a hub id; without it, $SEDNA_SAM_CLIP_MODEL or
+    :data:`DEFAULT_CLIP_MODEL`.
     ``class_proposals`` are CLIP's top ``num_proposals`` names.
     """
 
     def __init__(
         self,
         labels: LabelSet,
-        clip_model: Clip | str | Path,
+        clip_model: Clip | str | Path | None = None,
         device: str | None = None,
         templates: Sequence[str] = DEFAULT_TEMPLATES,
         context: float = 0.1,
@@ -401,7 +406,7 @@ class SegformerClipLabeler:
     def __init__(
         self,
         labels: LabelSet,
-        clip_model: Clip | str | Path,
+        clip_model: Clip | str | Path | None = None,
         semantic_model: str | Path | None = None,
         closed_classes: Sequence[str] | None = None,
         device: str | None = None,
