@@ -237,6 +237,25 @@ def test_base_renders():
     assert render("base")
 
 
+def test_selector_names_are_not_substrings_of_each_other():
+    """kustomize matches [name=x] in replacement targets as an unanchored regular expression:
+    [name=data] once rewrote the label-studio-data mount too. So within each list that a
+    replacement selects from, no name may contain another."""
+    for doc in render("base"):
+        for where, spec in pod_specs(doc):
+            lists = {"containers": spec.get("containers", []) + spec.get("initContainers", [])}
+            lists["volumes"] = spec.get("volumes", [])
+            for c in lists["containers"]:
+                lists[f"{c['name']}.env"] = c.get("env", [])
+                lists[f"{c['name']}.volumeMounts"] = c.get("volumeMounts", [])
+            for what, items in lists.items():
+                names = [i["name"] for i in items]
+                clashes = [(a, b) for a in names for b in names if a != b and re.search(a, b)]
+                assert not clashes, (
+                    f"{where} {what}: {clashes} (a kustomize selector for the first hits both)"
+                )
+
+
 def test_overlays_exist():
     assert {"single-node-demo", "gpu-cloud-edge"} <= set(OVERLAYS)
 
