@@ -264,7 +264,9 @@ def interactive_project(ls_server, tmp_path_factory):
     """A project with the interactive config, a local-files storage and one imported task."""
     from sedna_sam.images import write_png
 
-    image_dir = ls_server.document_root / "interactive"
+    from pathlib import Path
+
+    image_dir = Path(ls_server.document_root) / f"interactive-{tmp_path_factory.getbasetemp().name}"
     write_png(image_dir / "frame.png", scene())
     ls = LabelStudio(ls_server.url, ls_server.token)
     project = ls.call(
@@ -280,7 +282,7 @@ def interactive_project(ls_server, tmp_path_factory):
     ls.call(
         "POST",
         f"/api/projects/{project['id']}/import",
-        json=[{"image": "/data/local-files/?d=interactive/frame.png"}],
+        json=[{"image": f"/data/local-files/?d={image_dir.name}/frame.png"}],
     )
     (task,) = ls.call("GET", "/api/tasks", params={"project": project["id"]})["tasks"]
     return ls, project["id"], task["id"]
