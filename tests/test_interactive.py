@@ -18,13 +18,14 @@ import urllib.request
 import numpy as np
 import pytest
 
-from sedna_sam.labels import LabelSet
+from sedna_sam.labels import LabelSet, labeling_config_xml
 from sedna_sam.labelstudio.backend import (
     Controls,
     ImageSource,
     InteractiveSam,
     SamBackend,
     connect_backend,
+    connect_interactive,
     controls_from_config,
     interactive_labeling_config_xml,
     make_server,
@@ -261,10 +262,10 @@ class LabelStudio:
 
 @pytest.fixture(scope="module")
 def interactive_project(ls_server, tmp_path_factory):
-    """A project with the interactive config, a local-files storage and one imported task."""
-    from sedna_sam.images import write_png
-
+    """A project as `ls push` makes it (plain polygon config), a local-files storage, one task."""
     from pathlib import Path
+
+    from sedna_sam.images import write_png
 
     image_dir = Path(ls_server.document_root) / f"interactive-{tmp_path_factory.getbasetemp().name}"
     write_png(image_dir / "frame.png", scene())
@@ -272,7 +273,8 @@ def interactive_project(ls_server, tmp_path_factory):
     project = ls.call(
         "POST",
         "/api/projects",
-        json={"title": "Interactive SAM", "label_config": interactive_labeling_config_xml(LABELS)},
+        # The plain config `ls push` creates; connecting the backend adds the smart tools.
+        json={"title": "Interactive SAM", "label_config": labeling_config_xml(LABELS)},
     )
     ls.call(
         "POST",
@@ -295,7 +297,9 @@ def test_label_studio_click_and_box_come_back_as_polygons(
     # No URL, token or document root configured: the image comes through Label Studio's
     # local-files URL with the hostname and token Label Studio hands over at /setup.
     backend_url, backend = backend_factory(ImageSource())
-    ml = connect_backend(ls_server.url, ls_server.token, project_id, backend_url)
+    ml = connect_interactive(ls_server.url, ls_server.token, project_id, backend_url, LABELS)
+    config = ls.call("GET", f"/api/projects/{project_id}")["label_config"]
+    assert controls_from_config(config).polygon_from == "label" and 'smart="true"' in config
     assert (
         connect_backend(ls_server.url, ls_server.token, project_id, backend_url)["id"] == ml["id"]
     )  # idempotent

@@ -527,6 +527,43 @@ def connect_backend(
     return resp.json()
 
 
+def connect_interactive(
+    ls_url: str,
+    token: str,
+    project_id: int,
+    backend_url: str,
+    labels: LabelSet,
+    title: str = "sedna-sam interactive SAM",
+) -> dict:
+    """What ``ls push --connect-backend`` does: give the project the interactive labeling
+    config (its PolygonLabels/Image names kept, smart KeyPointLabels + RectangleLabels
+    added) unless it already has smart tools, then :func:`connect_backend`."""
+    import requests
+
+    base = ls_url.rstrip("/")
+    headers = {"Authorization": f"Token {token}"}
+    resp = requests.get(f"{base}/api/projects/{project_id}", headers=headers, timeout=30)
+    _raise_for(resp, f"reading project {project_id}")
+    config = resp.json().get("label_config") or ""
+    root = ET.fromstring(config) if config.strip() else None
+    smart = root is not None and any(
+        el.get("smart") == "true" for tag in ("KeyPointLabels", "RectangleLabels") for el in root.iter(tag)
+    )
+    if not smart:
+        controls = (
+            controls_from_config(config) if root is not None else Controls("label", "image", "image", ())
+        )
+        xml = interactive_labeling_config_xml(
+            labels, from_name=controls.polygon_from, to_name=controls.image_to
+        )
+        upd = requests.patch(
+            f"{base}/api/projects/{project_id}", json={"label_config": xml}, headers=headers, timeout=60
+        )
+        _raise_for(upd, f"adding the smart tools to project {project_id}'s labeling config")
+        log.info("project %s: labeling config now has smart keypoint/box tools for the backend", project_id)
+    return connect_backend(ls_url, token, project_id, backend_url, title)
+
+
 def _raise_for(resp, doing: str) -> None:
     if resp.status_code == 403 and "reserved network address" in resp.text:
         # Label Studio 1.23 refuses ML backends (and the webhook it adds for them) on
