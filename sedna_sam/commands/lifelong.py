@@ -48,6 +48,12 @@ def _train(args: argparse.Namespace) -> int:
 
     report = run_train_worker(vars(args), progress=not args.no_progress)
     print(json.dumps(report, indent=2, default=str))
+    if report.get("failed"):
+        log.error(
+            "%d sample(s) left out of training (named above); the model was trained on the rest",
+            len(report["failed"]),
+        )
+        return 1
     return 0
 
 

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sedna_sam.errors import InputError, SednaSamError
+from sedna_sam.errors import BatchReport, InputError, SednaSamError
 from sedna_sam.lifelong.data import Sample, load_sample, write_index
 from sedna_sam.storage import atomic_write_bytes, atomic_write_json
 
@@ -71,6 +71,7 @@ class TrainResult:
     new_samples: int
     replay_samples: int
     losses: list[float] = field(default_factory=list)
+    failed: list[tuple[str, str]] = field(default_factory=list)  # (sample, why) left out
 
     def to_json(self) -> dict:
         d = asdict(self)
@@ -151,6 +152,25 @@ def segmentation_loss(logits, labels):
 
 
 # ----------------------------------------------------------------------------- checkpoints
+
+
+def usable_samples(
+    samples: Sequence[Sample], cache: SampleCache, report: BatchReport, progress: bool
+) -> list[Sample]:
+    """The samples that load (each read once; kept in ``cache`` when it keeps); the others
+    are reported by name and left out, so one bad file does not stop a training round."""
+    from tqdm import tqdm
+
+    good = []
+    for s in tqdm(samples, desc="check samples", unit="img", disable=not progress or len(samples) < 50):
+        try:
+            cache.get(s)
+        except InputError as exc:
+            report.fail(str(s.image), str(exc))
+            continue
+        report.ok()
+        good.append(s)
+    return good
 
 
 def run_fingerprint(
@@ -256,6 +276,11 @@ def train_segformer(
     size = tuple(config.input_size or seg.input_size or (512, 512))
     num_classes = seg.num_labels
     cache = SampleCache(num_classes, config.cache_images)
+    report = BatchReport("samples")
+    new_samples = usable_samples(new_samples, cache, report, progress)
+    replay_samples = usable_samples(replay_samples, cache, report, progress)
+    if not new_samples and not replay_samples:
+        raise InputError("no readable training samples:\n" + report.summary())
 
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     fingerprint = run_fingerprint(str(base_model), new_samples, replay_samples, config)
@@ -322,6 +347,7 @@ def train_segformer(
             len(new_samples),
             len(replay_samples),
             losses,
+            report.failed,
         )
 
     model.eval()
@@ -340,6 +366,7 @@ def train_segformer(
         len(new_samples),
         len(replay_samples),
         losses,
+        report.failed,
     )
     atomic_write_json(
         output_dir / REPORT_NAME,
