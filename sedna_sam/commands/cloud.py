@@ -117,6 +117,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     engine.add_argument(
         "--semantic-model", default=None, help="Segformer directory or hub id for the semantic branch"
     )
+    engine.add_argument(
+        "--models-dir",
+        default=os.environ.get("SEDNA_SAM_MODELS_DIR") or ".",
+        help="where `sedna-sam models download` put the SAM checkpoints (default $SEDNA_SAM_MODELS_DIR or .)",
+    )
     engine.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda when available)")
     engine.add_argument(
         "--tiny-random-models",
@@ -178,6 +183,7 @@ def build_config(args: argparse.Namespace):
             "sam_model": args.sam_model,
             "semantic_model": args.semantic_model,
             "device": args.device,
+            "models_dir": args.models_dir,
             "tiny_random_models": args.tiny_random_models,
         },
         batch=args.batch,
