@@ -103,9 +103,11 @@ def ship(store: Path, work: Path, node: str, seed: int) -> str:
 def cloud_env(ls_server, tmp_path_factory, sam_checkpoint, tiny_segformer_dir):
     """Store, dataset under Label Studio's document root, tiny models, Label Studio."""
     work = tmp_path_factory.mktemp("cloud")
+    run = f"{time.time():.0f}"  # a fresh project even when a Label Studio outlives the session
     dataset = Path(ls_server.document_root) / f"cloud-{work.name}"
     return {
         "work": work,
+        "run": run,
         "store": work / "store",
         "dataset": dataset,
         "ls": ls_server,
@@ -128,7 +130,7 @@ def make_config(env, labels, name: str, **overrides) -> ServiceConfig:
         labels=labels,
         ls_url=env["ls"].url,
         ls_token=env["ls"].token,
-        project=f"cloud {name}",
+        project=f"cloud {name} {env['run']}",
         webhook_secret=SECRET,
         annotate=env["annotate"],
         poll_interval_s=3600,
@@ -237,8 +239,17 @@ def crash_project(cloud_env, labels):
     return make_config(cloud_env, labels, "crash")
 
 
+@pytest.fixture(scope="module")
+def engine(crash_project):
+    """The loaded tiny SAM + Segformer, shared by the crashed and the restarted service
+    (loading is not what these tests are about; the engine keeps no per-sample state)."""
+    from sedna_sam.cloud.adapters import build_engine
+
+    return build_engine(crash_project)
+
+
 @pytest.mark.parametrize("point", FAULT_POINTS)
-def test_kill_and_restart_at_each_point_gives_one_task_and_one_line(cloud_env, crash_project, labels, point):
+def test_kill_and_restart_at_each_point_gives_one_task_and_one_line(cloud_env, crash_project, engine, point):
     env = cloud_env
     config = crash_project
     sample_id = ship(env["store"], env["work"], "edge-crash", seed=100 + FAULT_POINTS.index(point))
@@ -264,13 +275,13 @@ def test_kill_and_restart_at_each_point_gives_one_task_and_one_line(cloud_env, c
             elif s is not None and s.state == q.INGESTED:
                 return
 
-    first = AnnotationService(config, fault=fault)
+    first = AnnotationService(config, fault=fault, engine=engine)
     with pytest.raises(SimulatedCrash):
         drive(first)
     first.queue.close()
     assert not armed["on"], "the crash point was never reached"
 
-    second = AnnotationService(config)  # the restarted process: same files, fresh memory
+    second = AnnotationService(config, engine=engine)  # restarted: same files, fresh queue/LS state
     drive(second)
     s = second.queue.get(sample_id)
     assert s.state == q.INGESTED, (s.state, s.last_error)

@@ -139,10 +139,11 @@ class AnnotationService:
     """The queue, the stages, and the collaborators (pre-annotation engine, Label Studio).
 
     ``engine`` and ``ls`` are built lazily on first use so ``cloud status`` and the HTTP
-    endpoints work without loading SAM; tests may pass their own ``fault`` hook.
+    endpoints work without loading SAM; an already loaded engine may be passed in. Tests
+    pass a ``fault`` hook.
     """
 
-    def __init__(self, config: ServiceConfig, *, fault: FaultHook | None = None) -> None:
+    def __init__(self, config: ServiceConfig, *, fault: FaultHook | None = None, engine=None) -> None:
         self.config = config
         self.layout = DatasetLayout(Path(config.dataset_dir))
         self.queue = q.open_queue(config.queue_url)
@@ -152,7 +153,7 @@ class AnnotationService:
         self.started_at = time.time()
         self.last_step_at: float | None = None
         self.last_poll_at = 0.0
-        self._engine = None
+        self._engine = engine  # a loaded pre-annotation engine may be shared (it keeps no per-sample state)
         self._ls = None
         self._store_fs, self._store_root = url_filesystem(config.store)
 
