@@ -54,6 +54,18 @@ def test_one_image_gives_an_ssa_document_following_ssas_rule(annotator, labels):
     assert set(result.timings) >= {"encoder", "decoder", "semantic", "voting"}
 
 
+def test_autocast_bf16_runs_the_whole_image_path(tiny_annotate_options, labels):
+    """bf16 autocast (on CPU here; the same code path as on CUDA) still gives a valid
+    document: SAM's generator gets fp32 decoder outputs back."""
+    import dataclasses
+
+    options = dataclasses.replace(tiny_annotate_options, autocast="bf16")
+    image = render_scene(make_street_scene(64, 128, seed=6), labels, seed=6)
+    result = Annotator.from_options(options).annotate(image)
+    assert len(result.document["annotations"]) >= 3
+    assert set(np.unique(result.class_map)) <= set(labels.ids)
+
+
 def test_batch_outputs_read_back_and_rerun_skips(tiny_annotate_options, labels, tmp_path):
     images = write_scene_images(tmp_path / "raw", 3, labels)
     out = tmp_path / "ssa"

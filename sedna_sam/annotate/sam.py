@@ -53,22 +53,25 @@ def sam_params(dataset: str | None = None, **overrides: Any) -> SamParams:
 
 
 def autocast_context(device: str, dtype: str | None):
-    """``torch.autocast`` on CUDA for "bf16"/"fp16"; a no-op elsewhere (CPU stays fp32).
-
-    Not exercised here (no GPU on the development machines).
-    """
+    """``torch.autocast`` for "bf16"/"fp16" on CUDA, and for "bf16" on CPU (CPU autocast
+    has no fp16; there it is a no-op with a warning). None: a no-op."""
     import torch
 
-    if not dtype or not str(device).startswith("cuda"):
+    if not dtype:
         return contextlib.nullcontext()
-    return torch.autocast("cuda", dtype={"bf16": torch.bfloat16, "fp16": torch.float16}[dtype])
+    kind = "cuda" if str(device).startswith("cuda") else "cpu"
+    if kind == "cpu" and dtype != "bf16":
+        log.warning("autocast %s is CUDA-only; running in fp32 on %s", dtype, device)
+        return contextlib.nullcontext()
+    return torch.autocast(kind, dtype={"bf16": torch.bfloat16, "fp16": torch.float16}[dtype])
 
 
 class MaskBranch:
     """SAM's automatic masks for one image at a time.
 
     ``sam``: a loaded SAM (:func:`sedna_sam.models.load_sam`); ``params``: :class:`SamParams`;
-    ``autocast``: None, "bf16" or "fp16" (CUDA only).
+    ``autocast``: None, "bf16" or "fp16": image encoder and mask decoder run under
+    ``torch.autocast`` (CUDA; bf16 also on CPU), the decoder's outputs are cast back to fp32.
     """
 
     def __init__(self, sam, params: SamParams | None = None, autocast: str | None = None) -> None:
@@ -90,7 +93,21 @@ class MaskBranch:
             return out
 
         self.generator.predictor.set_image = timed_set_image  # type: ignore[method-assign]
+        if autocast:
+            self._autocast_decoder()
         self.last_timings: dict[str, float] = {}
+
+    def _autocast_decoder(self) -> None:
+        """Cast the decoder's outputs back to fp32 under autocast: the generator turns them
+        into numpy arrays (no bf16 there: "unsupported ScalarType BFloat16") and runs
+        torchvision's NMS on them."""
+        predictor = self.generator.predictor
+        predict_torch = predictor.predict_torch
+
+        def fp32_predict_torch(*args, **kwargs):
+            return tuple(t.float() for t in predict_torch(*args, **kwargs))
+
+        predictor.predict_torch = fp32_predict_torch  # type: ignore[method-assign]
 
     def _sync(self) -> None:
         if self.device.startswith("cuda"):
