@@ -720,6 +720,34 @@ def test_dockerfile_rules(dockerfile):
     assert not re.search(r"^ADD\s", code, re.M), "COPY, not ADD"
 
 
+def test_images_pin_the_torch_pair_the_tests_run():
+    """The images' torch/torchvision pair is the one scripts/install.sh installs for CI, and
+    the edge image's torch is the same version."""
+    install = (ROOT / "scripts" / "install.sh").read_text(encoding="utf-8")
+    pair = dict(re.findall(r"(torch|torchvision)==([\d.]+)", re.search(r"TORCH_SPEC=.*", install).group(0)))
+    cloud = (ROOT / "Dockerfile.cloud").read_text(encoding="utf-8")
+    edge = (ROOT / "Dockerfile.edge").read_text(encoding="utf-8")
+    assert re.search(rf"^ARG TORCH_VERSION={re.escape(pair['torch'])}$", cloud, re.M)
+    assert re.search(rf"^ARG TORCHVISION_VERSION={re.escape(pair['torchvision'])}$", cloud, re.M)
+    assert re.search(rf"^ARG TORCH_VERSION={re.escape(pair['torch'])}$", edge, re.M)
+
+
+def test_readme_builds_the_images_the_manifests_use():
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    built = dict(re.findall(r"-f (Dockerfile\.\w+)[^\n]*(?:\\\n[^\n]*)*?-t (\S+)", text))
+    titles = {v: k for k, v in dockerfile_images().items()}
+    assert set(built) == set(titles), built
+    settings = yaml.safe_load(
+        (MANIFESTS / "overlays" / "gpu-cloud-edge" / "settings.yaml").read_text(encoding="utf-8")
+    )
+    for dockerfile, ref in built.items():
+        assert image_name(ref)[0] == titles[dockerfile], f"README tags {dockerfile} as {ref}"
+    assert (
+        built["Dockerfile.cloud"] == settings["cloudImage"]
+        and built["Dockerfile.edge"] == settings["edgeImage"]
+    )
+
+
 def test_dockerignore_keeps_the_context_small():
     lines = [ln.strip() for ln in (ROOT / ".dockerignore").read_text(encoding="utf-8").splitlines()]
     assert lines[lines.index("**")] == "**", "ignore everything by default"
