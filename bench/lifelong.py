@@ -46,8 +46,8 @@ def main() -> None:
     ap.add_argument("--size", default="128x256", help="HxW of the scenes")
     ap.add_argument("--train", type=int, default=48, help="training scenes per domain")
     ap.add_argument("--test", type=int, default=16, help="test scenes per domain")
-    ap.add_argument("--steps-a", type=int, default=300)
-    ap.add_argument("--steps-b", type=int, default=200)
+    ap.add_argument("--steps-a", type=int, default=800)
+    ap.add_argument("--steps-b", type=int, default=400)
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument(
