@@ -100,23 +100,25 @@ def ship(store: Path, work: Path, node: str, seed: int) -> str:
 
 
 @pytest.fixture(scope="module")
-def cloud_env(ls_server, tmp_path_factory, sam_checkpoint, tiny_segformer_dir):
+def cloud_env(ls_server, tmp_path_factory, tiny_annotate_options):
     """Store, dataset under Label Studio's document root, tiny models, Label Studio."""
+    import dataclasses
+
     work = tmp_path_factory.mktemp("cloud")
     run = f"{time.time():.0f}"  # a fresh project even when a Label Studio outlives the session
-    dataset = Path(ls_server.document_root) / f"cloud-{work.name}"
+    dataset = Path(ls_server.document_root) / f"cloud-{work.name}-{run}"
+    opts = tiny_annotate_options  # B's: tiny SAM checkpoint + tiny Segformer, ~1 s per image
     return {
         "work": work,
         "run": run,
         "store": work / "store",
         "dataset": dataset,
         "ls": ls_server,
-        # Four SAM prompts: random weights give noise masks anyway; keeps each image ~seconds on CPU.
         "annotate": {
-            "sam_checkpoint": str(sam_checkpoint),
-            "semantic_model": str(tiny_segformer_dir),
+            "sam_checkpoint": opts.ckpt_path,
+            "semantic_model": opts.semantic_model,
             "device": "cpu",
-            "sam": {"points_per_side": 2, "points_per_batch": 4, "crop_n_layers": 0},
+            "sam": dataclasses.asdict(opts.sam),
         },
     }
 

@@ -24,21 +24,15 @@ MODEL_VERSION = "sedna-sam-cloud"
 # ----------------------------------------------------------------------------- pre-annotation
 
 DEFAULT_SEMANTIC_MODEL = "nvidia/segformer-b5-finetuned-cityscapes-1024-1024"  # SSA's Cityscapes branch
-# Fewer SAM prompts for the tiny random models: their masks are noise anyway, and a demo
-# or test should take seconds per image on a CPU.
-TINY_SAM_OVERRIDES = {
-    "points_per_side": 4,
-    "points_per_batch": 16,
-    "crop_n_layers": 0,
-    "min_mask_region_area": 0,
-}
 
 
 def build_engine(config):
     """B's :class:`~sedna_sam.annotate.engine.Annotator` from ``config.annotate``:
     ``sam_checkpoint``, ``sam_model``, ``semantic_model``, ``device``, ``models_dir``,
-    ``sam`` (SamParams overrides), ``tiny_random_models`` (build tiny random-weight SAM and
-    Segformer under ``<dataset>/.tiny-models`` once and use them)."""
+    ``sam`` (SamParams overrides), ``tiny_random_models`` (the tiny random-weight SAM and
+    Segformer of ``sedna-sam demo``, built once under ``<dataset>/.tiny-models``)."""
+    from types import SimpleNamespace
+
     from sedna_sam.annotate.engine import AnnotateOptions, Annotator
     from sedna_sam.annotate.sam import sam_params
     from sedna_sam.errors import SednaSamError
@@ -47,27 +41,21 @@ def build_engine(config):
     opts = dict(config.annotate or {})
     overrides = dict(opts.get("sam") or {})
     ckpt, semantic = opts.get("sam_checkpoint"), opts.get("semantic_model")
-    if opts.get("tiny_random_models"):
-        from sedna_sam.models import build_tiny_sam
-        from sedna_sam.segformer import build_tiny_segformer
+    if opts.get("tiny_random_models") and not (ckpt and semantic):
+        from sedna_sam.commands.annotate import _demo_models
 
-        tiny = Path(config.dataset_dir) / ".tiny-models"
-        if not ckpt:
-            ckpt = tiny / "sam_tiny.pth"
-            if not ckpt.is_file():
-                build_tiny_sam(ckpt)
-        if not semantic:
-            semantic = tiny / "segformer"
-            if not (semantic / "config.json").is_file():
-                build_tiny_segformer(semantic, config.labels)
-        overrides = {**TINY_SAM_OVERRIDES, **overrides}
-        log.warning("pre-annotating with tiny RANDOM-weight models: the labels are noise (demo mode)")
+        demo_args = SimpleNamespace(ckpt_path=None, semantic_model=None, tiny_random_models=True)
+        tiny_ckpt, tiny_semantic, tiny_overrides, _ = _demo_models(
+            demo_args, Path(config.dataset_dir) / ".tiny-models", config.labels
+        )
+        ckpt, semantic = ckpt or tiny_ckpt, semantic or tiny_semantic
+        overrides = {**tiny_overrides, **overrides}
     if not ckpt:
         models_dir = Path(opts.get("models_dir") or ".")
         ckpt = models_dir / CHECKPOINTS["vit_h"].filename
         if not Path(ckpt).is_file():
             raise SednaSamError(
-                f"no SAM checkpoint at {ckpt}: run `sedna-sam models download --dest {models_dir}`, "
+                f"no SAM checkpoint at {ckpt}: run `sedna-sam models download vit_h --dir {models_dir}`, "
                 "pass --sam-checkpoint, or --tiny-random-models for a demo"
             )
     options = AnnotateOptions(
