@@ -17,6 +17,7 @@ from fixtures_sam import write_scene_images
 from test_annotate_voting import reference_ssa_vote
 
 from sedna_sam.annotate.engine import Annotator, annotate_dataset, annotate_images
+from sedna_sam.errors import SednaSamError
 from sedna_sam.formats.ssa import decode_rle, read_ssa
 from sedna_sam.synthetic import make_street_scene, render_scene
 
@@ -280,3 +281,15 @@ def test_demo_without_models_stops_with_instructions(tmp_path, caplog):
     assert "sedna-sam models download vit_b --dir models" in caplog.text
     assert "--tiny-random-models" in caplog.text
     assert not (tmp_path / "demo").exists()
+
+
+def test_labeler_options_parse_numbers_and_reject_garbage():
+    from sedna_sam.commands.annotate import _key_values
+
+    assert _key_values(["min_share=0.5", "k=3", "clip_model=models/clip"]) == {
+        "min_share": 0.5,
+        "k": 3,
+        "clip_model": "models/clip",
+    }
+    with pytest.raises(SednaSamError, match="expected KEY=VALUE"):
+        _key_values(["oops"])

@@ -50,11 +50,30 @@ def _options_from_args(args: argparse.Namespace, labels):
         model_type=args.model_type,
         semantic_backend=args.semantic_backend,
         labeler=args.labeler,
+        labeler_options=_key_values(args.labeler_option),
         sam=params,
         autocast=args.autocast,
         device=args.device,
         num_threads=args.threads,
     )
+
+
+def _key_values(items: list[str] | None) -> dict[str, object]:
+    """``["min_share=0.5", "clip_model=models/clip"]`` -> dict; numbers become numbers."""
+    out: dict[str, object] = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise SednaSamError(f"--labeler-option {item!r}: expected KEY=VALUE")
+        for cast in (int, float):
+            try:
+                out[key] = cast(value)
+                break
+            except ValueError:
+                continue
+        else:
+            out[key] = value
+    return out
 
 
 def _annotate(args: argparse.Namespace) -> int:
@@ -121,8 +140,10 @@ def _add_model_args(p: argparse.ArgumentParser, required: bool = True) -> None:
 
 
 def _add_sam_args(p: argparse.ArgumentParser) -> None:
-    from sedna_sam.annotate.labelers import LABELERS
+    from sedna_sam.annotate.labelers import LABELERS, load_plugins
     from sedna_sam.annotate.semantic import SEMANTIC_BACKENDS
+
+    load_plugins()  # so --help lists the open-vocabulary labelers too
 
     g = p.add_argument_group("SAM automatic mask generator (default: SSA's values for --dataset)")
     for flag, typ, what in (
@@ -146,11 +167,19 @@ def _add_sam_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--labeler",
         default="segformer",
-        help=f"how masks get classes: {', '.join(LABELERS.names())} (SSA's vote, default); "
-        "clip / segformer+clip when the open-vocabulary module is installed",
+        help=f"how masks get classes: {', '.join(LABELERS.names())} (default segformer: SSA's vote)",
     )
     p.add_argument(
-        "--autocast", choices=["bf16", "fp16"], default=None, help="mixed precision on CUDA (ignored on CPU)"
+        "--labeler-option",
+        action="append",
+        metavar="KEY=VALUE",
+        help="option passed to the labeler (repeatable), e.g. clip_model=models/clip-vit-b32",
+    )
+    p.add_argument(
+        "--autocast",
+        choices=["bf16", "fp16"],
+        default=None,
+        help="mixed precision for SAM and the semantic model on CUDA (bf16 also on CPU)",
     )
     p.add_argument(
         "--threads", type=int, default=None, help="CPU threads per worker (default: cores / world size)"
