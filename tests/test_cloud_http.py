@@ -158,3 +158,56 @@ def test_empty_secret_refuses_everything():
     assert check_secret("", "anything") == 403
     assert check_secret("", "") == 401
     assert check_secret("abc", "abc") is None
+
+
+def test_cli_serve_answers_and_stops_on_sigterm(tmp_path):
+    """`sedna-sam cloud serve` as a process: /healthz up, SIGTERM ends it cleanly, the
+    secret never reaches the log; `cloud status` then reads the same queue."""
+    import os
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    (tmp_path / "store").mkdir()
+    env = {
+        **os.environ,
+        "SEDNA_SAM_STORE": str(tmp_path / "store"),
+        "SEDNA_SAM_DATASET_DIR": str(tmp_path / "dataset"),
+        "SEDNA_SAM_WEBHOOK_SECRET": SECRET,
+        "LOG_LEVEL": "DEBUG",
+    }
+    cmd = [sys.executable, "-m", "sedna_sam", "cloud", "serve", "--host", "127.0.0.1", "--port", str(port)]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.time() + 60
+        while True:
+            try:
+                status, _, body = request(f"http://127.0.0.1:{port}/healthz")
+                break
+            except OSError:
+                assert proc.poll() is None and time.time() < deadline, "service did not come up"
+                time.sleep(0.2)
+        assert status == 200 and json.loads(body)["status"] == "ok"
+        assert (
+            request(f"http://127.0.0.1:{port}/webhook", hook(1, 1, "t"), {SECRET_HEADER: "forged"})[0] == 403
+        )
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, out
+    assert SECRET not in out and "refused" in out
+    status = subprocess.run(
+        [sys.executable, "-m", "sedna_sam", "cloud", "status"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert status.returncode == 0 and "in_label_studio" in status.stdout
