@@ -297,15 +297,15 @@ def train_segformer(
         start, losses = int(state["step"]), list(state["losses"])
         log.info("resuming training from %s at step %d/%d", ckpt_path, start, config.steps)
     log.info(
-        "training %s on %d new + %d replay samples: %d steps, batch %d (replay %.0f%%), %dx%d, %s",
+        "training %s on %d new + %d replay samples: %d steps, batch %d (replay %.0f%%), HxW %dx%d, %s",
         base_model,
         len(new_samples),
         len(replay_samples),
         config.steps,
         config.batch_size,
         100 * config.replay_ratio if replay_samples else 0,
-        size[1],
         size[0],
+        size[1],
         device,
     )
 
