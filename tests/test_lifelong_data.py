@@ -140,9 +140,15 @@ def test_concurrent_appenders_never_duplicate(tmp_path):
 
 def test_killed_appender_leaves_whole_lines_and_a_rerun_completes(tmp_path):
     index = tmp_path / "index.txt"
-    for kill_after in (0.4, 0.7, 1.0):
+    for extra_wait in (0.0, 0.05, 0.2):
+        seen = len(index.read_text().splitlines()) if index.exists() else 0
         proc = subprocess.Popen([sys.executable, "-c", APPENDER, str(index), "0", "100000"], cwd=tmp_path)
-        time.sleep(kill_after)  # imports take most of this; then appends run back to back
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:  # kill only once it is appending
+            if index.exists() and len(index.read_text().splitlines()) > seen:
+                break
+            time.sleep(0.01)
+        time.sleep(extra_wait)
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         _check_whole_lines(index)
