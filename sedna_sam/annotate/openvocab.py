@@ -397,7 +397,8 @@ class SegformerClipLabeler:
     only where the vote is unsure (share < ``min_share``) or between label names the
     closed-set model does not know (see :func:`combine_closed_open`).
 
-    Which names the closed set knows: ``closed_classes`` if given, else the ``id2label`` of
+    Which names the closed set knows: ``closed_classes`` if given (a list or a comma-separated
+    string), else the ``id2label`` of
     ``semantic_model`` (the Segformer directory or hub id the engine uses), else all label
     names (then CLIP only settles unsure masks; a warning says so). CLIP runs only on the
     masks that need it. ``last_branches`` holds "closed"/"open" per mask after each call.
@@ -408,7 +409,7 @@ class SegformerClipLabeler:
         labels: LabelSet,
         clip_model: Clip | str | Path | None = None,
         semantic_model: str | Path | None = None,
-        closed_classes: Sequence[str] | None = None,
+        closed_classes: Sequence[str] | str | None = None,
         device: str | None = None,
         min_share: float = 0.6,
         min_open_prob: float = 0.5,
@@ -417,6 +418,8 @@ class SegformerClipLabeler:
     ) -> None:
         self.labels = labels
         self.open = ClipLabeler(labels, clip_model, device, templates, num_proposals=num_proposals)
+        if isinstance(closed_classes, str):  # --labeler-option closed_classes=road,car,...
+            closed_classes = [c for c in closed_classes.split(",") if c.strip()]
         if closed_classes is None and semantic_model is not None:
             closed_classes = _model_class_names(semantic_model)
         if closed_classes is None:
