@@ -117,3 +117,20 @@ def test_bad_samples_fail_by_name_and_others_go_on(tmp_path, labels):
     assert not (tmp_path / "dataset" / "raw_data" / f"{tampered}.png").exists()
     assert service.metrics.failed["pre_annotate"] == 8
     assert service.queue.get(good).state == q.RECEIVED
+
+
+def test_status_table_lists_states_and_last_errors(tmp_path, labels):
+    from sedna_sam.commands.cloud import format_status
+
+    store = tmp_path / "store"
+    tampered = ship(store, tmp_path, "edge-1", "tampered", 7)
+    image = store / "flagged" / "edge-1" / f"{tampered}.png"
+    image.write_bytes(image.read_bytes()[:-1] + b"\x01")
+    service = make_service(tmp_path, labels, max_attempts=1)
+    service.scan()
+    service.run_stage(q.RECEIVED, service.queue.get(tampered))
+    table = format_status(service.queue)
+    rows = dict(line.split() for line in table.splitlines()[1:8])
+    assert rows == {**{s: "0" for s in q.ALL_STATES}, q.FAILED: "1", "total": "1"}
+    assert "last errors:" in table and tampered in table and "sha256 does not match" in table
+    assert service.queue.retry() == 1 and service.queue.get(tampered).state == q.RECEIVED
