@@ -181,10 +181,21 @@ def test_cli_serve_answers_and_stops_on_sigterm(tmp_path):
         "SEDNA_SAM_WEBHOOK_SECRET": SECRET,
         "LOG_LEVEL": "DEBUG",
     }
-    cmd = [sys.executable, "-m", "sedna_sam", "cloud", "serve", "--host", "127.0.0.1", "--port", str(port)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "sedna_sam",
+        "cloud",
+        "serve",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--tiny-random-models",
+    ]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        deadline = time.time() + 60
+        deadline = time.time() + 120  # builds and loads the tiny models first
         while True:
             try:
                 status, _, body = request(f"http://127.0.0.1:{port}/healthz")

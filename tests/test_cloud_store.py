@@ -134,3 +134,19 @@ def test_status_table_lists_states_and_last_errors(tmp_path, labels):
     assert rows == {**{s: "0" for s in q.ALL_STATES}, q.FAILED: "1", "total": "1"}
     assert "last errors:" in table and tampered in table and "sha256 does not match" in table
     assert service.queue.retry() == 1 and service.queue.get(tampered).state == q.RECEIVED
+
+
+def test_label_studio_down_is_waited_out_not_counted(tmp_path, labels):
+    import socket
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    service = make_service(tmp_path, labels, max_attempts=1, ls_url=f"http://127.0.0.1:{port}", ls_token="t")
+    service.queue.receive("s1")
+    service.queue.advance("s1", q.RECEIVED, q.PRE_ANNOTATED, image_path=str(tmp_path / "s1.png"))
+    for _ in range(3):
+        assert not service.run_stage(q.PRE_ANNOTATED, service.queue.get("s1"))
+    s = service.queue.get("s1")
+    assert (s.state, s.attempts) == (q.PRE_ANNOTATED, 0)  # max_attempts=1, yet not failed
+    assert "Connection" in s.last_error or "connect" in s.last_error.lower()

@@ -364,11 +364,24 @@ class Queue:
         max_attempts: int = 5,
         backoff_s: float = 10.0,
         max_backoff_s: float = 600.0,
+        transient: bool = False,
     ) -> Sample | None:
         """Count a failed attempt at the step out of ``state``. The sample waits
         ``backoff_s * 2**(attempts-1)`` (capped) before the next try; after ``max_attempts``
-        it moves to ``failed`` (``failed_from`` remembers ``state`` for :meth:`retry`)."""
+        it moves to ``failed`` (``failed_from`` remembers ``state`` for :meth:`retry`).
+
+        ``transient`` (e.g. Label Studio unreachable): the error is recorded and the sample
+        waits ``max_backoff_s`` at most, but the attempt is not counted, so an outage
+        never fails samples that are fine."""
         now = time.time()
+        if transient:
+            with self._tx() as db:
+                db.execute(
+                    "UPDATE samples SET last_error = ?, next_attempt_at = ?, updated_at = ? "
+                    "WHERE sample_id = ? AND state = ?",
+                    (error[:2000], now + min(backoff_s, max_backoff_s), now, sample_id, state),
+                )
+            return self.get(sample_id)
         with self._tx() as db:
             row = db.execute(
                 "SELECT attempts FROM samples WHERE sample_id = ? AND state = ?", (sample_id, state)

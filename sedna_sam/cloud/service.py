@@ -131,6 +131,20 @@ def fetch_sample(fs, json_path: str, raw_data: Path) -> tuple[Path, dict[str, An
     return dest, meta
 
 
+def is_connection_error(exc: BaseException) -> bool:
+    """True when ``exc`` (or what caused it) is a network failure reaching Label Studio or
+    the store: worth waiting out, not a fault of the sample."""
+    seen = 0
+    while exc is not None and seen < 8:
+        if isinstance(exc, (ConnectionError, TimeoutError)):
+            return True
+        if type(exc).__module__.startswith(("requests", "urllib3")) and "Connect" in type(exc).__name__:
+            return True
+        exc = exc.__cause__ or exc.__context__
+        seen += 1
+    return False
+
+
 # ----------------------------------------------------------------------------- the service
 
 
@@ -223,22 +237,32 @@ class AnnotationService:
             seconds = time.perf_counter() - start
             self.metrics.observe(stage, seconds, ok=False)
             message = str(exc) if isinstance(exc, SednaSamError) else f"{type(exc).__name__}: {exc}"
+            transient = is_connection_error(exc)
             after = self.queue.record_failure(
                 sample.sample_id,
                 state,
                 message,
                 max_attempts=self.config.max_attempts,
                 backoff_s=self.config.backoff_s,
+                transient=transient,
             )
-            level = logging.ERROR if after is not None and after.state == q.FAILED else logging.WARNING
-            log.log(
-                level,
-                "%s %s failed (attempt %s): %s",
-                stage,
-                sample.sample_id,
-                after and after.attempts,
-                message,
-            )
+            if transient:
+                log.warning(
+                    "%s %s waits: cannot connect (%s); not counted as an attempt",
+                    stage,
+                    sample.sample_id,
+                    message,
+                )
+            else:
+                level = logging.ERROR if after is not None and after.state == q.FAILED else logging.WARNING
+                log.log(
+                    level,
+                    "%s %s failed (attempt %s): %s",
+                    stage,
+                    sample.sample_id,
+                    after and after.attempts,
+                    message,
+                )
             if not isinstance(exc, SednaSamError):
                 log.debug("%s", traceback.format_exc())
             return False

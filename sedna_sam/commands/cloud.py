@@ -204,6 +204,7 @@ def run_serve(args: argparse.Namespace) -> int:
             "SEDNA_SAM_WEBHOOK_SECRET is not set: every webhook request will be refused; polling only"
         )
     service = AnnotationService(config)
+    service.engine  # noqa: B018 - load the models now: a missing checkpoint stops here, not per sample
     if args.once:
         service.run_until_idle(poll=True)
         print(format_status(service.queue))
