@@ -1,0 +1,91 @@
+"""A real Label Studio server for the whole test session (``ls_server``).
+
+The server runs from its own venv (``.venv-ls``; ``$SEDNA_SAM_LABEL_STUDIO`` overrides) on a
+free loopback port with a temp data dir and a temp local-files document root. When it cannot
+start the tests that need it skip with the reason, except with ``SEDNA_SAM_REQUIRE_LS=1``
+(set in CI), where they fail. Local ML backends / webhooks are allowed (SSRF switches off),
+because the interactive backend and the cloud service run on this machine too.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from sedna_sam.errors import SednaSamError
+from sedna_sam.labelstudio.server import LOCAL_URL_ENV, LabelStudioServer, start_server
+
+
+@dataclass
+class LabelStudioFixture:
+    """What ``ls_server`` yields. ``client`` is a label-studio-sdk ``LabelStudio``."""
+
+    server: LabelStudioServer
+
+    @property
+    def url(self) -> str:
+        return self.server.url
+
+    @property
+    def token(self) -> str:
+        return self.server.token
+
+    @property
+    def document_root(self) -> Path:
+        return self.server.document_root
+
+    @property
+    def data_dir(self) -> Path:
+        return self.server.data_dir
+
+    @property
+    def username(self) -> str:
+        return self.server.username
+
+    @property
+    def password(self) -> str:
+        return self.server.password
+
+    @property
+    def client(self):
+        from label_studio_sdk import LabelStudio
+
+        return LabelStudio(base_url=self.url, api_key=self.token)
+
+    def stop(self) -> None:
+        """Stop the server (by pid). Call :meth:`restart` before the test ends."""
+        self.server.stop()
+
+    def restart(self) -> None:
+        """Start it again on the same port and data dir (same token, projects, tasks)."""
+        if self.server.alive():
+            self.server.stop()
+        self.server.restart(wait_s=240)
+
+
+def _unavailable(reason: str):
+    if os.environ.get("SEDNA_SAM_REQUIRE_LS") == "1":
+        pytest.fail(f"Label Studio required (SEDNA_SAM_REQUIRE_LS=1) but: {reason}")
+    pytest.skip(f"no Label Studio server: {reason}")
+
+
+@pytest.fixture(scope="session")
+def ls_server(tmp_path_factory):
+    base = tmp_path_factory.mktemp("label-studio")
+    try:
+        server = start_server(
+            base / "data",
+            document_root=base / "files",
+            wait_s=240,
+            extra_env=LOCAL_URL_ENV,
+        )
+    except SednaSamError as exc:
+        _unavailable(str(exc))
+    fixture = LabelStudioFixture(server)
+    try:
+        yield fixture
+    finally:
+        server.stop()
