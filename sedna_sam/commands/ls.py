@@ -1,0 +1,276 @@
+"""``sedna-sam ls up|down|push|pull`` (and ``ls backend`` when that module is present)."""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from sedna_sam.commands import add_config_path, add_dataset_dir
+from sedna_sam.errors import BatchReport, SednaSamError
+
+log = logging.getLogger(__name__)
+
+PULL_STATE = "pull_state.json"
+
+
+def _finish(report: BatchReport) -> int:
+    (log.error if report.failed else log.info)("%s", report.summary())
+    return report.exit_code
+
+
+def _credentials(args: argparse.Namespace) -> tuple[str, str]:
+    from sedna_sam.labelstudio.client import resolve_credentials
+
+    token = None
+    if getattr(args, "token_file", None):
+        try:
+            token = Path(args.token_file).read_text().strip()
+        except OSError as exc:
+            raise SednaSamError(f"{args.token_file}: cannot read the token file ({exc.strerror})") from None
+    return resolve_credentials(args.url, token)
+
+
+def _add_connection(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--url", default=None, help="Label Studio URL (default $LABEL_STUDIO_URL)")
+    parser.add_argument(
+        "--token-file",
+        default=None,
+        help="file holding the API token (default: $LABEL_STUDIO_API_KEY); the token is never printed",
+    )
+    parser.add_argument("--project", default="sedna-sam", help="project title (>= 3 characters) or id")
+
+
+# ------------------------------------------------------------------------------ up / down
+
+
+def _up(args: argparse.Namespace) -> int:
+    from sedna_sam.labelstudio.server import LOCAL_URL_ENV, start_server
+
+    server = start_server(
+        args.data_dir,
+        document_root=args.document_root,
+        port=args.port,
+        host=args.host,
+        username=args.username,
+        executable=args.label_studio,
+        wait_s=args.wait,
+        extra_env=LOCAL_URL_ENV if args.allow_local_urls else None,
+    )
+    print(
+        f"Label Studio is running at {server.url} (pid {server.pid}, log {server.log_path})\n"
+        f"  log in:     {server.username}, password in {server.password_file}\n"
+        f"  API token:  in {server.token_file}; for the other commands:\n"
+        f"              export LABEL_STUDIO_URL={server.url}\n"
+        f'              export LABEL_STUDIO_API_KEY="$(cat {server.token_file})"\n'
+        f"              export LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT={server.document_root}\n"
+        f"  images must lie under the document root {server.document_root}\n"
+        f"  stop it:    sedna-sam ls down --data-dir {server.data_dir}"
+    )
+    return 0
+
+
+def _down(args: argparse.Namespace) -> int:
+    from sedna_sam.labelstudio.server import stop_data_dir
+
+    if stop_data_dir(args.data_dir):
+        print(f"stopped Label Studio of {args.data_dir}")
+    else:
+        print(f"no Label Studio running for {args.data_dir}")
+    return 0
+
+
+# ------------------------------------------------------------------------------ push / pull
+
+
+def _push(args: argparse.Namespace) -> int:
+    from sedna_sam.labels import load_labels
+    from sedna_sam.labelstudio.client import LabelStudioClient, project_url, push_dataset
+
+    labels = load_labels(args.config_path or "cityscapes")
+    url, token = _credentials(args)
+    with LabelStudioClient(url, token) as client:
+        report = push_dataset(
+            args.dataset_dir,
+            labels,
+            project=args.project,
+            batch_size=args.batch_size,
+            on_new_version=args.on_new_version,
+            document_root=args.document_root,
+            client=client,
+        )
+    print(f"project: {project_url(url, report.project['id'])}")
+    return _finish(report)
+
+
+def pull(
+    client,
+    project: str | int,
+    dataset_dir: str | Path,
+    labels,
+    *,
+    export_format: str = "JSON_MIN",
+    only_new: bool = False,
+    preview: bool = False,
+    ignore_unknown_labels: bool = False,
+) -> BatchReport:
+    """Export ``project`` into ``ls_data/`` and write TrainIds. With ``only_new`` only tasks
+    whose latest annotation changed since the last pull are converted; the pull state
+    (``ls_data/pull_state.json``: task id -> annotation id + updated_at) is saved after the
+    conversion, without the tasks that failed, so they are retried next time."""
+    from sedna_sam.convert import exported_to_trainids
+    from sedna_sam.formats.labelstudio import read_export
+    from sedna_sam.labelstudio.client import pull_export
+    from sedna_sam.storage import DatasetLayout, atomic_write_json
+
+    layout = DatasetLayout(Path(dataset_dir))
+    proj = client.get_project(project)
+    path = pull_export(client, proj["id"], layout.root, export_format=export_format)
+    tasks = read_export(path)
+    state_path = layout.ls_data / PULL_STATE
+    state: dict[str, Any] = {}
+    if state_path.exists():
+        try:
+            state = json.loads(state_path.read_text())
+        except (json.JSONDecodeError, OSError) as exc:
+            log.warning("%s: unreadable pull state (%s); converting everything", state_path, exc)
+    seen: dict[str, Any] = dict(state.get(str(proj["id"]), {}))
+
+    def version(t) -> list:
+        return [t.annotation_id, t.updated_at]
+
+    chosen = [t for t in tasks if not only_new or seen.get(str(t.task_id)) != version(t)]
+    report = exported_to_trainids(
+        chosen,
+        layout.root,
+        labels,
+        preview=preview,
+        ignore_unknown_labels=ignore_unknown_labels,
+        progress=True,
+    )
+    if only_new:
+        report.count("unchanged since the last pull", len(tasks) - len(chosen))
+    failed = {item for item, _ in report.failed}
+    for t in chosen:
+        if t.annotated and t.stem not in failed:
+            seen[str(t.task_id)] = version(t)
+    state[str(proj["id"])] = seen
+    atomic_write_json(state_path, state, indent=1)
+    report.export_path = path  # type: ignore[attr-defined]
+    return report
+
+
+def _pull(args: argparse.Namespace) -> int:
+    from sedna_sam.labels import load_labels
+    from sedna_sam.labelstudio.client import LabelStudioClient
+
+    labels = load_labels(args.config_path or "cityscapes")
+    url, token = _credentials(args)
+    with LabelStudioClient(url, token) as client:
+        report = pull(
+            client,
+            args.project,
+            args.dataset_dir,
+            labels,
+            export_format=args.format,
+            only_new=args.only_new,
+            preview=args.preview,
+            ignore_unknown_labels=args.ignore_unknown_labels,
+        )
+    print(f"export saved to {report.export_path}")
+    return _finish(report)
+
+
+# ------------------------------------------------------------------------------ register
+
+
+def register(subparsers) -> None:
+    from sedna_sam.labelstudio.client import EXPORT_FORMATS, NEW_VERSION_CHOICES
+
+    ls = subparsers.add_parser(
+        "ls",
+        help="Label Studio: start a local server, push pre-annotations, pull corrections",
+        description="Label Studio without clicking: `ls up` starts a local server, `ls push` creates the "
+        "project + image storage and imports tasks with polygon predictions, `ls pull` exports the "
+        "corrected annotations and writes TrainIds. URL/token from --url/--token-file or "
+        "$LABEL_STUDIO_URL/$LABEL_STUDIO_API_KEY (the token is never printed).",
+    )
+    sub = ls.add_subparsers(dest="ls_command", metavar="LS_COMMAND")
+
+    up = sub.add_parser("up", help="start a local Label Studio (own venv) and print how to log in")
+    up.add_argument("--data-dir", required=True, help="server state: database, api-token, password, log")
+    up.add_argument(
+        "--document-root",
+        default=None,
+        help="local-files document root: datasets must lie under it (default DATA_DIR/files)",
+    )
+    up.add_argument("--port", type=int, default=8080, help="port (default 8080; 0 picks a free one)")
+    up.add_argument("--host", default="127.0.0.1", help="address to listen on (default loopback only)")
+    up.add_argument("--username", default="admin@example.com", help="login e-mail of the first user")
+    up.add_argument(
+        "--label-studio",
+        default=None,
+        help="label-studio executable (default $SEDNA_SAM_LABEL_STUDIO, PATH, ./.venv-ls/bin/label-studio)",
+    )
+    up.add_argument("--wait", type=float, default=180.0, help="seconds to wait for /health (default 180)")
+    up.add_argument(
+        "--allow-local-urls",
+        action="store_true",
+        help="let Label Studio call ML backends/webhooks on localhost (turns its SSRF protection off)",
+    )
+    up.set_defaults(func=_up)
+
+    down = sub.add_parser("down", help="stop the Label Studio started by `ls up` for a data dir")
+    down.add_argument("--data-dir", required=True)
+    down.set_defaults(func=_down)
+
+    push = sub.add_parser(
+        "push",
+        help="create project + storage if missing, import ls_data/tasks.json (idempotent)",
+        description="Create the project if missing (labeling config from the labels), connect a "
+        "local-files storage over DATASET/raw_data, import DATASET/ls_data/tasks.json (converted from "
+        "ssa_output/ first when missing) in batches. Rerunning never duplicates tasks.",
+    )
+    add_dataset_dir(push)
+    add_config_path(push)
+    _add_connection(push)
+    push.add_argument("--batch-size", type=int, default=100, help="tasks per import request (default 100)")
+    push.add_argument(
+        "--on-new-version",
+        choices=NEW_VERSION_CHOICES,
+        default="replace",
+        help="a task already in the project with predictions of another model version: replace them "
+        "(default), add the new ones beside them, or keep the old",
+    )
+    push.add_argument(
+        "--document-root",
+        default=None,
+        help="the server's local-files document root (default $LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT)",
+    )
+    push.set_defaults(func=_push)
+
+    pull_p = sub.add_parser(
+        "pull",
+        help="export annotations into ls_data/ and write train_ids/*_TrainIds.png",
+    )
+    add_dataset_dir(pull_p)
+    add_config_path(pull_p)
+    _add_connection(pull_p)
+    pull_p.add_argument("--format", choices=EXPORT_FORMATS, default="JSON_MIN", help="export format")
+    pull_p.add_argument(
+        "--only-new", action="store_true", help="convert only annotations changed since the last pull"
+    )
+    pull_p.add_argument("--preview", action="store_true", help="also write colour previews")
+    pull_p.add_argument(
+        "--ignore-unknown-labels", action="store_true", help="skip polygons whose label the config lacks"
+    )
+    pull_p.set_defaults(func=_pull)
+
+    if importlib.util.find_spec("sedna_sam.commands.ls_backend") is not None:
+        from sedna_sam.commands.ls_backend import register_ls
+
+        register_ls(sub)
+    ls.set_defaults(func=lambda args: (ls.print_help(), 2)[1])
