@@ -108,7 +108,10 @@ def cloud_env(ls_server, tmp_path_factory, tiny_annotate_options):
     run = f"{time.time():.0f}"  # a fresh project even when a Label Studio outlives the session
     dataset = Path(ls_server.document_root) / f"cloud-{work.name}-{run}"
     opts = tiny_annotate_options  # B's: tiny SAM checkpoint + tiny Segformer, ~1 s per image
-    return {
+    # Task image URLs are made relative to Label Studio's document root, as in a deployment.
+    env = pytest.MonkeyPatch()
+    env.setenv("LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT", str(ls_server.document_root))
+    yield {
         "work": work,
         "run": run,
         "store": work / "store",
@@ -121,6 +124,7 @@ def cloud_env(ls_server, tmp_path_factory, tiny_annotate_options):
             "sam": dataclasses.asdict(opts.sam),
         },
     }
+    env.undo()
 
 
 def make_config(env, labels, name: str, **overrides) -> ServiceConfig:
@@ -201,6 +205,10 @@ def test_flagged_sample_to_index_line_by_webhook_and_by_polling(cloud_env, label
             )
             urllib.request.urlopen(req, timeout=10).close()
 
+        # Label Studio serves the task's image (local-files storage over raw_data/ connected).
+        task = person.call("GET", f"/api/tasks/{sample.ls_task_id}")
+        served = person.session.get(env["ls"].url + task["data"]["image"], timeout=30)
+        assert served.status_code == 200 and served.content == image.read_bytes()
         annotation = person.annotate(sample.ls_task_id, relabel="bus")
         deliver("ANNOTATION_CREATED", annotation)
         # Label Studio posts ANNOTATION_CREATED to /webhook (with our secret header); no poll runs.
