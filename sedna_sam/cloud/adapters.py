@@ -129,72 +129,21 @@ WEBHOOK_SECRET_HEADER = "X-Sedna-Sam-Secret"  # the header /webhook checks (serv
 
 
 class LabelStudioProject:
-    """The one Label Studio project the service feeds, over the REST API.
+    """The one Label Studio project the service feeds, through C's
+    :class:`~sedna_sam.labelstudio.client.LabelStudioClient` (retries, clear errors).
 
     Made once per process: finds (or creates) the project, connects a local-files storage
     over the dataset's raw_data/ so Label Studio can show the images, registers the
     webhook, and remembers which image each task shows so a push is never repeated.
     """
 
-    def __init__(
-        self, url: str, token: str, project: str, labels, raw_data: Path, timeout_s: float = 60.0
-    ) -> None:
-        import requests
-
-        from sedna_sam.errors import SednaSamError
-
-        if not url or not token:
-            raise SednaSamError(
-                "Label Studio is not configured: set LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY"
-            )
-        self.url = url.rstrip("/")
-        self.timeout_s = timeout_s
-        self.session = requests.Session()
-        self.session.headers["Authorization"] = f"Token {token}"
-        self.project_id = self._project(project, labels)
-        self.raw_data = Path(raw_data)
-        self._task_by_image: dict[str, int] | None = None
+    def __init__(self, client, project_id: int) -> None:
+        self.client = client
+        self.project_id = int(project_id)
+        self._task_by_key: dict[str, int] | None = None
 
     def call(self, method: str, path: str, **kw) -> Any:
-        from sedna_sam.errors import SednaSamError
-
-        resp = self.session.request(method, self.url + path, timeout=self.timeout_s, **kw)
-        if resp.status_code >= 400:
-            raise SednaSamError(f"Label Studio {method} {path}: HTTP {resp.status_code}: {resp.text[:300]}")
-        return resp.json() if resp.content else None
-
-    def _project(self, project: str, labels) -> int:
-        from sedna_sam.labels import labeling_config_xml
-
-        if str(project).isdigit():
-            return int(self.call("GET", f"/api/projects/{int(project)}")["id"])
-        found = self.call("GET", "/api/projects", params={"title": project, "page_size": 1000})
-        for p in found.get("results", found) if isinstance(found, dict) else found:
-            if p.get("title") == project:
-                return int(p["id"])
-        made = self.call(
-            "POST", "/api/projects", json={"title": project, "label_config": labeling_config_xml(labels)}
-        )
-        log.info("made Label Studio project %r (id %s)", project, made["id"])
-        return int(made["id"])
-
-    def connect_storage(self) -> None:
-        """A local-files storage over raw_data/ (once), so task images load in the editor."""
-        path = str(self.raw_data.resolve())
-        self.raw_data.mkdir(parents=True, exist_ok=True)
-        storages = self.call("GET", "/api/storages/localfiles", params={"project": self.project_id})
-        if any(s.get("path") == path for s in storages):
-            return
-        self.call(
-            "POST",
-            "/api/storages/localfiles",
-            json={
-                "project": self.project_id,
-                "path": path,
-                "title": "sedna-sam raw_data",
-                "use_blob_urls": False,
-            },
-        )
+        return self.client.json(method, path, **kw)
 
     def ensure_webhook(self, url: str, secret: str) -> bool:
         """Register (once) a webhook posting ANNOTATION_CREATED/UPDATED to ``url`` with the
@@ -211,17 +160,14 @@ class LabelStudioProject:
             "is_active": True,
         }
         try:
-            for hook in self.call("GET", "/api/webhooks/", params={"project": self.project_id}):
+            for hook in self.call("GET", "/api/webhooks/", params={"project": self.project_id}) or []:
                 if hook.get("url") == url and hook.get("project") == self.project_id:
-                    self.call(
-                        "PATCH",
-                        f"/api/webhooks/{hook['id']}/",
-                        json={k: v for k, v in body.items() if k != "project"},
-                    )
+                    update = {k: v for k, v in body.items() if k != "project"}
+                    self.call("PATCH", f"/api/webhooks/{hook['id']}/", json=update)
                     return True
             self.call("POST", "/api/webhooks/", json=body)
         except SednaSamError as exc:
-            # The message may echo the request; it never holds the header values.
+            # The message may echo the request body's URL; it never holds the header values.
             log.warning(
                 "Label Studio refused the webhook %s (%s); polling only. A private address needs "
                 "Label Studio started with SSRF_PROTECTION_ENABLED=false",
@@ -232,50 +178,48 @@ class LabelStudioProject:
         log.info("Label Studio posts annotation events to %s", url)
         return True
 
-    def iter_tasks(self, fields: str = "task_only"):
-        """Every task of the project (paged); ``fields="all"`` includes annotations."""
-        page = 1
-        while True:
-            resp = self.session.get(
-                f"{self.url}/api/tasks",
-                params={"project": self.project_id, "page": page, "page_size": 100, "fields": fields},
-                timeout=self.timeout_s,
-            )
-            if resp.status_code == 404:  # past the last page
-                return
-            if resp.status_code >= 400:
-                self.call("GET", "/api/tasks", params={"project": self.project_id, "page": page})  # raises
-            tasks = resp.json().get("tasks", [])
-            yield from tasks
-            if len(tasks) < 100:
-                return
-            page += 1
+    def iter_tasks(self):
+        """Every task of the project with its annotations (paged)."""
+        return self.client.iter_tasks(self.project_id)
 
     def task(self, task_id: int) -> dict[str, Any]:
         return self.call("GET", f"/api/tasks/{int(task_id)}")
 
     def push(self, task: dict[str, Any]) -> int:
-        """Import ``task`` unless a task for the same image exists; returns its id."""
-        image = task["data"]["image"]
-        if self._task_by_image is None:
-            self._task_by_image = {t["data"].get("image"): int(t["id"]) for t in self.iter_tasks()}
-        if image in self._task_by_image:
-            return self._task_by_image[image]
-        self.call("POST", f"/api/projects/{self.project_id}/import", json=[task])
-        # The import answer has no task ids: look the new one up by its image.
-        self._task_by_image = {t["data"].get("image"): int(t["id"]) for t in self.iter_tasks()}
-        if image not in self._task_by_image:
-            from sedna_sam.errors import SednaSamError
+        """Import ``task`` unless the project has a task for the same image (C's
+        ``task_key``: the decoded local-files path); returns its id."""
+        from sedna_sam.errors import SednaSamError
+        from sedna_sam.labelstudio.client import task_key
 
-            raise SednaSamError(f"Label Studio imported {image} but lists no task for it")
-        return self._task_by_image[image]
+        key = task_key(task)
+        if self._task_by_key is None:  # once per process: a restart re-reads Label Studio
+            self._task_by_key = {}
+            for t in self.iter_tasks():
+                self._task_by_key.setdefault(task_key(t), int(t["id"]))
+        if key in self._task_by_key:
+            return self._task_by_key[key]
+        ids = self.client.import_tasks(self.project_id, [task])
+        if len(ids) != 1:
+            raise SednaSamError(f"Label Studio import of {key} returned task ids {ids}, expected one")
+        self._task_by_key[key] = int(ids[0])
+        return int(ids[0])
 
 
 def connect_label_studio(config) -> LabelStudioProject:
-    ls = LabelStudioProject(
-        config.ls_url, config.ls_token, config.project, config.labels, Path(config.dataset_dir) / "raw_data"
-    )
-    ls.connect_storage()
+    from sedna_sam.errors import SednaSamError
+    from sedna_sam.labelstudio.client import LabelStudioClient
+
+    if not config.ls_url or not config.ls_token:
+        raise SednaSamError("Label Studio is not configured: set LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY")
+    client = LabelStudioClient(config.ls_url, config.ls_token, timeout_s=60.0, retries=2)
+    if str(config.project).isdigit():
+        project = client.get_project(int(config.project))
+    else:
+        project = client.ensure_project(str(config.project), config.labels)
+    ls = LabelStudioProject(client, project["id"])
+    raw_data = Path(config.dataset_dir) / "raw_data"
+    raw_data.mkdir(parents=True, exist_ok=True)
+    client.ensure_local_storage(ls.project_id, raw_data)
     if config.webhook_url:
         if config.webhook_secret:
             ls.ensure_webhook(config.webhook_url, config.webhook_secret)
@@ -309,7 +253,7 @@ def latest_annotations(ls: LabelStudioProject, task_ids: list[int]) -> dict[int,
     each of ``task_ids`` that has one (one paged listing of the project)."""
     wanted = set(task_ids)
     found: dict[int, tuple[int, str | None]] = {}
-    for task in ls.iter_tasks(fields="all"):
+    for task in ls.iter_tasks():
         if task.get("id") not in wanted:
             continue
         done = [a for a in task.get("annotations") or [] if not a.get("was_cancelled")]

@@ -138,7 +138,10 @@ def is_connection_error(exc: BaseException) -> bool:
     while exc is not None and seen < 8:
         if isinstance(exc, (ConnectionError, TimeoutError)):
             return True
-        if type(exc).__module__.startswith(("requests", "urllib3")) and "Connect" in type(exc).__name__:
+        name, module = type(exc).__name__, type(exc).__module__
+        if name == "ServerUnreachable":  # Label Studio client: no answer after its retries
+            return True
+        if module.startswith(("requests", "urllib3", "httpx")) and "Connect" in name:
             return True
         exc = exc.__cause__ or exc.__context__
         seen += 1
