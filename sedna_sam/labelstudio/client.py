@@ -453,6 +453,7 @@ def push_dataset(
     on_new_version: str = "replace",
     document_root: str | Path | None = None,
     client: LabelStudioClient | None = None,
+    on_batch: Callable[[int], None] | None = None,
 ) -> BatchReport:
     """`ls push` as a function: project (created if missing), local storage over
     ``raw_data/``, then the tasks of ``ls_data/tasks.json`` (made from ``ssa_output/`` by
@@ -483,7 +484,13 @@ def push_dataset(
         proj = client.ensure_project(project, labels)
         client.ensure_local_storage(proj["id"], layout.raw_data, root)
         report = push_tasks(
-            client, proj, tasks, batch_size=batch_size, on_new_version=on_new_version, document_root=root
+            client,
+            proj,
+            tasks,
+            batch_size=batch_size,
+            on_new_version=on_new_version,
+            document_root=root,
+            on_batch=on_batch,
         )
         report.project = proj  # type: ignore[attr-defined]
         return report

@@ -1,0 +1,227 @@
+"""Push and pull against a real Label Studio server (``ls_server`` fixture).
+
+Datasets are made of axis-aligned rectangles on a road background, so the polygons we
+push are exact and a corrected annotation must come back as exactly the expected pixels.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from sedna_sam.cli import main
+from sedna_sam.commands.ls import pull
+from sedna_sam.formats.ssa import write_ssa
+from sedna_sam.formats.trainids import read_trainids
+from sedna_sam.images import write_png
+from sedna_sam.labelstudio.client import (
+    LabelStudioClient,
+    LabelStudioError,
+    ServerUnreachable,
+    push_dataset,
+)
+from sedna_sam.storage import DatasetLayout
+
+W, H = 64, 48
+ROAD, CAR, PERSON = 0, 13, 11
+
+
+def class_map(i: int) -> np.ndarray:
+    """Road background, one car box and one person box, shifted by ``i``."""
+    m = np.full((H, W), ROAD, dtype=np.uint16)
+    m[10 + i : 30 + i, 5:25] = CAR
+    m[5:20, 40 - i : 50 - i] = PERSON
+    return m
+
+
+def make_dataset(root: Path, n: int) -> Path:
+    """raw_data/ PNGs + ssa_output/ SSA files (no tasks.json: push converts first)."""
+    layout = DatasetLayout(root)
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        write_png(layout.raw_data / f"img{i:02d}.png", rng.integers(0, 255, (H, W, 3), dtype=np.uint8))
+        write_ssa(layout.ssa_json(f"img{i:02d}"), class_map(i), [])
+    return root
+
+
+def new_dataset(ls_server, n: int = 3) -> tuple[Path, str]:
+    name = f"ds-{uuid.uuid4().hex[:8]}"
+    return make_dataset(Path(ls_server.document_root) / name, n), f"Project {name}"
+
+
+@pytest.fixture()
+def client(ls_server):
+    with LabelStudioClient(ls_server.url, ls_server.token, retries=2, backoff_s=0.2) as c:
+        yield c
+
+
+def tasks_of(client, project_id: int) -> list[dict]:
+    return list(client.iter_tasks(project_id))
+
+
+def test_push_twice_creates_no_duplicates(ls_server, client, labels):
+    dataset, title = new_dataset(ls_server)
+    first = push_dataset(dataset, labels, project=title, client=client, document_root=ls_server.document_root)
+    assert (first.done, first.skipped, first.failed) == (3, 0, [])
+    second = push_dataset(
+        dataset, labels, project=title, client=client, document_root=ls_server.document_root
+    )
+    assert (second.done, second.skipped, second.failed) == (0, 3, [])
+    project = client.find_project(title)
+    tasks = tasks_of(client, project["id"])
+    assert len(tasks) == 3
+    assert sorted(t["data"]["image"].rsplit("/", 1)[-1] for t in tasks) == [
+        "img00.png",
+        "img01.png",
+        "img02.png",
+    ]
+    storages = client.json("GET", "/api/storages/localfiles", params={"project": project["id"]})
+    assert [s["path"] for s in storages] == [str((dataset / "raw_data").resolve())]
+    # the image is served through the storage
+    image = client.request("GET", tasks[0]["data"]["image"])
+    assert image.headers["content-type"].startswith("image/")
+
+
+def test_predictions_visible_with_right_points(ls_server, client, labels):
+    dataset, title = new_dataset(ls_server, n=1)
+    push_dataset(dataset, labels, project=title, client=client, document_root=ls_server.document_root)
+    (task,) = tasks_of(client, client.find_project(title)["id"])
+    (prediction,) = task["predictions"]
+    by_label = {r["value"]["polygonlabels"][0]: r for r in prediction["result"]}
+    assert set(by_label) == {"road", "car", "person"}
+    car = np.array(by_label["car"]["value"]["points"])  # percent of W, H
+    xs, ys = car[:, 0] * W / 100, car[:, 1] * H / 100
+    assert (xs.min(), xs.max(), ys.min(), ys.max()) == pytest.approx((5, 25, 10, 30), abs=1e-3)
+    assert by_label["car"]["original_width"] == W and by_label["car"]["original_height"] == H
+    # what the server holds is what the converter wrote
+    pushed = json.loads((DatasetLayout(dataset).ls_data / "tasks.json").read_text())[0]
+    assert prediction["result"] == pushed["predictions"][0]["result"]
+
+
+def annotate(client, task: dict, relabel: dict[str, str]) -> dict:
+    """Create an annotation: the prediction's regions with some labels changed."""
+    result = json.loads(json.dumps(task["predictions"][0]["result"]))
+    for r in result:
+        name = r["value"]["polygonlabels"][0]
+        r["value"]["polygonlabels"] = [relabel.get(name, name)]
+    return client.json(
+        "POST", f"/api/tasks/{task['id']}/annotations/", json={"result": result, "task": task["id"]}
+    )
+
+
+def test_corrected_annotation_pulls_back_as_trainids(ls_server, client, labels):
+    dataset, title = new_dataset(ls_server, n=2)
+    push_dataset(dataset, labels, project=title, client=client, document_root=ls_server.document_root)
+    project = client.find_project(title)
+    tasks = sorted(tasks_of(client, project["id"]), key=lambda t: t["data"]["image"])
+    annotate(client, tasks[0], {"car": "truck"})  # the person corrects car -> truck
+
+    report = pull(client, title, dataset, labels)
+    assert (report.done, report.failed) == (1, [])
+    layout = DatasetLayout(dataset)
+    got = read_trainids(layout.trainids("img00"))
+    expected = class_map(0)
+    expected[expected == CAR] = labels.label2id["truck"]
+    assert got.dtype == np.uint16 and got.shape == (H, W)
+    np.testing.assert_array_equal(got, expected)
+    assert not layout.trainids("img01").exists()  # not annotated -> nothing written
+    export = json.loads(Path(report.export_path).read_text())
+    assert [r["id"] for r in export] == [tasks[0]["id"]]
+
+
+def test_pull_only_new_converts_changed_annotations_only(ls_server, client, labels, capsys, monkeypatch):
+    dataset, title = new_dataset(ls_server, n=2)
+    push_dataset(dataset, labels, project=title, client=client, document_root=ls_server.document_root)
+    project = client.find_project(title)
+    tasks = sorted(tasks_of(client, project["id"]), key=lambda t: t["data"]["image"])
+    annotate(client, tasks[0], {})
+    monkeypatch.setenv("LABEL_STUDIO_URL", ls_server.url)
+    monkeypatch.setenv("LABEL_STUDIO_API_KEY", ls_server.token)
+    args = ["ls", "pull", "--dataset-dir", str(dataset), "--project", title, "--only-new", "--format", "JSON"]
+    assert main(args) == 0
+    layout = DatasetLayout(dataset)
+    first = layout.trainids("img00").stat().st_mtime_ns
+    annotate(client, tasks[1], {"person": "rider"})
+    again = pull(client, title, dataset, labels, export_format="JSON", only_new=True)
+    assert again.done == 1 and again.notes["unchanged since the last pull"] == 1
+    assert layout.trainids("img00").stat().st_mtime_ns == first  # not rewritten
+    got = read_trainids(layout.trainids("img01"))
+    assert (got == labels.label2id["rider"]).sum() == (class_map(1) == PERSON).sum()
+    out = capsys.readouterr()
+    assert ls_server.token not in out.out + out.err
+
+
+def test_cli_push_prints_project_url_never_the_token(ls_server, labels, monkeypatch, capsys, caplog):
+    dataset, title = new_dataset(ls_server, n=2)
+    token_file = Path(ls_server.data_dir) / "api-token"
+    monkeypatch.setenv("LABEL_STUDIO_URL", ls_server.url)
+    monkeypatch.setenv("LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT", str(ls_server.document_root))
+    monkeypatch.delenv("LABEL_STUDIO_API_KEY", raising=False)
+    argv = ["ls", "push", "--dataset-dir", str(dataset), "--project", title, "--token-file", str(token_file)]
+    caplog.set_level("DEBUG")
+    assert main(["--log-level", "DEBUG", *argv]) == 0
+    out = capsys.readouterr()
+    assert f"{ls_server.url}/projects/" in out.out
+    assert ls_server.token not in out.out + out.err + caplog.text
+
+
+def test_bad_token_gives_clear_error(ls_server, labels, tmp_path):
+    with LabelStudioClient(ls_server.url, "0" * 40, retries=0) as bad:
+        with pytest.raises(LabelStudioError, match="refused the API token") as err:
+            push_dataset(make_dataset(tmp_path / "d", 1), labels, project="Bad token", client=bad)
+    assert err.value.status in (401, 403)
+    assert "0" * 40 not in str(err.value)
+
+
+def test_unknown_project_and_label_mismatch(ls_server, client, labels):
+    with pytest.raises(LabelStudioError, match="no project titled"):
+        client.get_project("No such project here")
+    dataset, title = new_dataset(ls_server, n=1)
+    client.json(
+        "POST", "/api/projects/", json={"title": title, "label_config": labels_config_without_car(labels)}
+    )
+    with pytest.raises(LabelStudioError, match="lacks labels the predictions use: car"):
+        push_dataset(dataset, labels, project=title, client=client, document_root=ls_server.document_root)
+
+
+def labels_config_without_car(labels) -> str:
+    from sedna_sam.labels import labeling_config_xml
+
+    return "\n".join(line for line in labeling_config_xml(labels).splitlines() if 'value="car"' not in line)
+
+
+def test_images_outside_document_root(ls_server, client, labels, tmp_path):
+    dataset = make_dataset(tmp_path / "outside", 1)
+    with pytest.raises(Exception, match="outside the Label Studio document root"):
+        push_dataset(
+            dataset, labels, project="Outside root", client=client, document_root=ls_server.document_root
+        )
+
+
+@pytest.mark.slow
+def test_server_stopped_mid_push_then_rerun_completes(ls_server, labels):
+    dataset, title = new_dataset(ls_server, n=5)
+
+    def stop_after_first_batch(n_done: int) -> None:
+        if n_done == 2:
+            ls_server.stop()
+
+    try:
+        with LabelStudioClient(ls_server.url, ls_server.token, retries=1, backoff_s=0.1) as c:
+            with pytest.raises(ServerUnreachable, match="Rerun the command"):
+                push_dataset(
+                    dataset, labels, project=title, client=c, document_root=ls_server.document_root,
+                    batch_size=2, on_batch=stop_after_first_batch,
+                )  # fmt: skip
+    finally:
+        ls_server.restart()
+    with LabelStudioClient(ls_server.url, ls_server.token) as c:
+        report = push_dataset(dataset, labels, project=title, client=c, document_root=ls_server.document_root)
+        assert (report.done, report.skipped, report.failed) == (3, 2, [])
+        tasks = tasks_of(c, c.find_project(title)["id"])
+    assert len(tasks) == 5
+    assert len({t["data"]["image"] for t in tasks}) == 5
