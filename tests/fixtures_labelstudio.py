@@ -10,13 +10,18 @@ because the interactive backend and the cloud service run on this machine too.
 from __future__ import annotations
 
 import os
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from sedna_sam.errors import SednaSamError
+from sedna_sam.formats.ssa import write_ssa
+from sedna_sam.images import write_png
 from sedna_sam.labelstudio.server import LOCAL_URL_ENV, LabelStudioServer, start_server
+from sedna_sam.storage import DatasetLayout
 
 
 @dataclass
@@ -89,3 +94,32 @@ def ls_server(tmp_path_factory):
         yield fixture
     finally:
         server.stop()
+
+
+# Small datasets for Label Studio tests: axis-aligned boxes on road, so polygons are exact.
+W, H = 64, 48
+ROAD, CAR, PERSON = 0, 13, 11
+
+
+def class_map(i: int) -> np.ndarray:
+    """Road background, one car box and one person box, shifted by ``i``."""
+    m = np.full((H, W), ROAD, dtype=np.uint16)
+    m[10 + i : 30 + i, 5:25] = CAR
+    m[5:20, 40 - i : 50 - i] = PERSON
+    return m
+
+
+def make_dataset(root: Path, n: int) -> Path:
+    """raw_data/ PNGs + ssa_output/ SSA files (no tasks.json: push converts first)."""
+    layout = DatasetLayout(root)
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        write_png(layout.raw_data / f"img{i:02d}.png", rng.integers(0, 255, (H, W, 3), dtype=np.uint8))
+        write_ssa(layout.ssa_json(f"img{i:02d}"), class_map(i), [])
+    return root
+
+
+def new_dataset(ls_server, n: int = 3) -> tuple[Path, str]:
+    """A fresh dataset under the server's document root and a fresh project title."""
+    name = f"ds-{uuid.uuid4().hex[:8]}"
+    return make_dataset(Path(ls_server.document_root) / name, n), f"Project {name}"

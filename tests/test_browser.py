@@ -1,0 +1,103 @@
+"""A person's view: headless Chromium logs in to the real Label Studio, opens a pushed
+task, and the editor lists our predicted regions over the image served from local files.
+
+Uses Debian's ``/usr/bin/chromium`` through the ``playwright`` package (no browser
+download). Skips when either is missing, except with ``SEDNA_SAM_REQUIRE_BROWSER=1``.
+The screenshot is kept under ``test-artifacts/``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+from fixtures_labelstudio import W, new_dataset
+
+from sedna_sam.labelstudio.client import LabelStudioClient, push_dataset
+
+CHROMIUM = os.environ.get("SEDNA_SAM_CHROMIUM", "/usr/bin/chromium")
+ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-quic",
+]
+
+
+def _browser_or_skip():
+    reason = None
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        reason, sync_playwright = "the playwright package is not installed", None
+    if reason is None and not (Path(CHROMIUM).is_file() or shutil.which(CHROMIUM)):
+        reason = f"no chromium at {CHROMIUM}"
+    if reason:
+        if os.environ.get("SEDNA_SAM_REQUIRE_BROWSER") == "1":
+            pytest.fail(f"browser required (SEDNA_SAM_REQUIRE_BROWSER=1) but {reason}")
+        pytest.skip(reason)
+    return sync_playwright
+
+
+@pytest.mark.slow
+@pytest.mark.browser
+@pytest.mark.labelstudio
+def test_editor_shows_predicted_regions(ls_server, labels, tmp_path):
+    sync_playwright = _browser_or_skip()
+    dataset, title = new_dataset(ls_server, n=1)
+    with LabelStudioClient(ls_server.url, ls_server.token) as client:
+        push_dataset(dataset, labels, project=title, client=client, document_root=ls_server.document_root)
+        project = client.find_project(title)
+        (task,) = list(client.iter_tasks(project["id"]))
+    expected = sorted(r["value"]["polygonlabels"][0] for r in task["predictions"][0]["result"])
+    assert len(expected) == 3
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    shot = ARTIFACTS / "labelstudio-editor.png"
+    with sync_playwright() as pw:
+        context = pw.chromium.launch_persistent_context(
+            str(tmp_path / "chromium-profile"),  # fresh user-data-dir
+            executable_path=CHROMIUM,
+            headless=True,
+            args=CHROMIUM_ARGS,
+            viewport={"width": 1280, "height": 720},
+        )
+        try:
+            page = context.new_page()
+            page.goto(f"{ls_server.url}/user/login/")
+            page.fill("input[name=email]", ls_server.username)
+            page.fill("input[name=password]", ls_server.password)
+            page.click("button[type=submit]")
+            page.wait_for_url(lambda url: "/user/login" not in url, timeout=60_000)
+
+            page.goto(f"{ls_server.url}/projects/{project['id']}/data?task={task['id']}")
+            items = page.locator(".lsf-outliner-item__title")
+            items.first.wait_for(timeout=90_000)
+            image_src = task["data"]["image"]
+            page.wait_for_function(
+                "src => [...document.images].some(i => i.src.endsWith(src) && i.complete && i.naturalWidth > 0)",
+                arg=image_src,
+                timeout=60_000,
+            )
+            page.screenshot(path=str(shot))
+            titles = sorted(t.strip() for t in items.all_inner_texts())
+            widths = page.eval_on_selector_all(
+                "img",
+                "(els, src) => els.filter(i => i.src.endsWith(src)).map(i => i.naturalWidth)",
+                image_src,
+            )
+        except Exception:
+            page.screenshot(path=str(ARTIFACTS / "labelstudio-editor-failure.png"))
+            raise
+        finally:
+            context.close()
+    assert titles == expected
+    assert widths and all(w == W for w in widths)
+    assert shot.stat().st_size > 0
