@@ -348,3 +348,88 @@ def test_label_studio_click_and_box_come_back_as_polygons(
     expected = reference_mask(tiny_sam, scene(), box=np.array([24.0, 17.28, 96.0, 65.28]))
     assert [r["value"]["points"] for r in regions] == percent_polygons(expected, controls)
     assert backend.sam.encoder_calls == 1
+
+
+def test_ls_backend_command_serves_label_studio_requests(tiny_sam_ckpt, tmp_path):
+    """`sedna-sam ls backend` as a process: answers /health and a click, stops on Ctrl+C."""
+    import signal
+    import socket
+    import subprocess
+    import sys
+
+    from sedna_sam.images import write_png
+
+    write_png(tmp_path / "f.png", scene())
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = [sys.executable, "-m", "sedna_sam", "ls", "backend", "--ckpt-path", str(tiny_sam_ckpt),
+           "--host", "127.0.0.1", "--port", str(port), "--device", "cpu", "--cache-size", "2"]  # fmt: skip
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(240):
+            try:
+                with urllib.request.urlopen(url + "/health", timeout=2) as resp:
+                    health = json.loads(resp.read())
+                break
+            except OSError:
+                assert proc.poll() is None, proc.stdout.read()
+                time.sleep(0.5)
+        assert health["status"] == "UP" and health["model_version"] == "sam-sam_tiny"
+        task = {"id": 7, "data": {"image": str(tmp_path / "f.png")}}
+        request = {"tasks": [task], "label_config": interactive_labeling_config_xml(LABELS),
+                   "params": {"context": {"result": [keypoint(37.5, 50.0)]}}}  # fmt: skip
+        code, body = post(url + "/predict", request)
+        assert code == 200 and body["results"][0]["model_version"] == "sam-sam_tiny"
+        assert all(r["value"]["polygonlabels"] == ["car"] for r in body["results"][0]["result"])
+    finally:
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 0, out
+    assert "listening on http://127.0.0.1" in out
+
+
+def test_ls_push_connect_backend(ls_server, backend_factory, tmp_path, monkeypatch, capsys):
+    """`sedna-sam ls push --connect-backend URL`: pushed project gets the smart tools and the
+    backend; Label Studio then routes a click on a pushed task to it."""
+    from pathlib import Path
+
+    from sedna_sam.cli import main
+    from sedna_sam.formats.ssa import write_ssa
+    from sedna_sam.images import write_png
+    from sedna_sam.storage import DatasetLayout
+
+    layout = DatasetLayout(Path(ls_server.document_root) / f"push-{tmp_path.name}")
+    write_png(layout.raw_data / "street.png", scene())
+    class_map = np.full((H, W), 255, np.uint16)
+    class_map[20:60, 30:90] = LABELS.label2id["car"]
+    write_ssa(layout.ssa_json("street"), class_map, [])
+    labels_json = tmp_path / "labels.json"
+    labels_json.write_text(json.dumps({str(i): n for i, n in LABELS.id2label.items()}))
+    backend_url, backend = backend_factory(ImageSource(document_root=str(ls_server.document_root)))
+    monkeypatch.setenv("LABEL_STUDIO_URL", ls_server.url)
+    monkeypatch.setenv("LABEL_STUDIO_API_KEY", ls_server.token)
+    monkeypatch.setenv("LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT", str(ls_server.document_root))
+    title = f"Push backend {tmp_path.name[-12:]}"
+    argv = ["ls", "push", "--dataset-dir", str(layout.root), "--config-path", str(labels_json),
+            "--project", title, "--connect-backend", backend_url]  # fmt: skip
+    assert main(argv) == 0
+    assert main(argv) == 0  # rerun: same project, same connection
+    assert f"interactive backend {backend_url} connected" in capsys.readouterr().out
+
+    ls = LabelStudio(ls_server.url, ls_server.token)
+    (project,) = [
+        p
+        for p in ls.call("GET", "/api/projects", params={"page_size": 1000})["results"]
+        if p["title"] == title
+    ]
+    (ml,) = ls.call("GET", "/api/ml", params={"project": project["id"]})
+    assert ml["url"] == backend_url and ml["is_interactive"]
+    (task,) = ls.call("GET", "/api/tasks", params={"project": project["id"]})["tasks"]
+    answer = ls.call(
+        "POST",
+        f"/api/ml/{ml['id']}/interactive-annotating",
+        json={"task": task["id"], "context": {"result": [keypoint(37.5, 50.0)]}},
+    )
+    assert answer["data"]["result"] and backend.sam.encoder_calls == 1

@@ -103,6 +103,11 @@ def _push(args: argparse.Namespace) -> int:
             client=client,
         )
     print(f"project: {project_url(url, report.project['id'])}")
+    if args.connect_backend:
+        from sedna_sam.labelstudio.backend import connect_interactive
+
+        ml = connect_interactive(url, token, report.project["id"], args.connect_backend, labels)
+        print(f"interactive backend {args.connect_backend} connected (ML backend id {ml['id']})")
     return _finish(report)
 
 
@@ -249,6 +254,13 @@ def register(subparsers) -> None:
         "--document-root",
         default=None,
         help="the server's local-files document root (default $LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT)",
+    )
+    push.add_argument(
+        "--connect-backend",
+        metavar="URL",
+        default=None,
+        help="also connect a running `sedna-sam ls backend` at URL as the project's interactive ML "
+        "backend (adds smart keypoint/box tools to the labeling config)",
     )
     push.set_defaults(func=_push)
 
