@@ -199,3 +199,15 @@ def test_server_stopped_mid_push_then_rerun_completes(ls_server, labels):
         tasks = tasks_of(c, c.find_project(title)["id"])
     assert len(tasks) == 5
     assert len({t["data"]["image"] for t in tasks}) == 5
+
+
+def test_server_secrets_stay_private(ls_server):
+    server = ls_server.server
+    for path in (server.token_file, server.password_file):
+        assert path.stat().st_mode & 0o777 == 0o600
+    assert len(ls_server.token) == 40
+    cmdline = Path(f"/proc/{server.pid}/cmdline").read_bytes().decode(errors="replace")
+    assert "label-studio" in cmdline or "label_studio" in cmdline
+    log_text = server.log_path.read_text(errors="replace")
+    for secret in (ls_server.token, ls_server.password):
+        assert secret not in cmdline and secret not in log_text

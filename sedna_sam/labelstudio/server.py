@@ -246,10 +246,12 @@ def start_server(
     env.update(server.extra_env)
     for name in ("LABEL_STUDIO_API_KEY", "LABEL_STUDIO_URL"):  # ours, not the server's
         env.pop(name, None)
+    # Credentials go by environment (label-studio reads LABEL_STUDIO_USERNAME/PASSWORD/
+    # USER_TOKEN), not argv, so `ps` on a shared machine never shows them.
+    env.update(LABEL_STUDIO_USERNAME=username, LABEL_STUDIO_PASSWORD=password, LABEL_STUDIO_USER_TOKEN=token)
     cmd = [
         exe, "start", "--no-browser", "--data-dir", str(data_dir), "--internal-host", host,
-        "-p", str(port), "--username", username, "--password", password,
-        "--user-token", token, "--enable-legacy-api-token",
+        "-p", str(port), "--enable-legacy-api-token",
     ]  # fmt: skip
     log.info("starting Label Studio on %s (data %s, log %s)", server.url, data_dir, log_path)
     with open(log_path, "ab") as log_fh:
