@@ -48,6 +48,9 @@ def test_push_twice_creates_no_duplicates(ls_server, client, labels):
     project = client.find_project(title)
     tasks = tasks_of(client, project["id"])
     assert len(tasks) == 3
+    assert sorted(t["id"] for t in client.iter_tasks(project["id"], page_size=2)) == sorted(
+        t["id"] for t in tasks
+    )
     assert sorted(t["data"]["image"].rsplit("/", 1)[-1] for t in tasks) == [
         "img00.png",
         "img01.png",
