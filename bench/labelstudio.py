@@ -23,12 +23,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from sedna_sam.commands.ls import pull
 from sedna_sam.convert import TASKS_FILE, ssa_to_ls
 from sedna_sam.formats.ssa import write_ssa
 from sedna_sam.images import write_png
 from sedna_sam.labels import cityscapes
-from sedna_sam.labelstudio.client import LabelStudioClient, push_dataset, read_tasks_file
+from sedna_sam.labelstudio.client import LabelStudioClient, pull_dataset, push_dataset, read_tasks_file
 from sedna_sam.labelstudio.server import start_server
 from sedna_sam.storage import DatasetLayout, atomic_write_json
 from sedna_sam.synthetic import make_street_scene, render_scene
@@ -103,14 +102,16 @@ def main() -> None:
                         f"/api/tasks/{task['id']}/annotations/",
                         json={"result": task["predictions"][0]["result"], "task": task["id"]},
                     )
-                pulled, t_pull = timed(lambda: pull(client, "Bench batched", ours_dir, labels, only_new=True))
+                pulled, t_pull = timed(
+                    lambda: pull_dataset(client, "Bench batched", ours_dir, labels, only_new=True)
+                )
                 assert pulled.done == args.n and not pulled.failed, pulled.summary()
                 export_bytes = Path(pulled.export_path).stat().st_size
                 t0 = time.perf_counter()
                 client.export(project["id"], "JSON_MIN")
                 t_export = time.perf_counter() - t0
                 nothing, t_nothing = timed(
-                    lambda: pull(client, "Bench batched", ours_dir, labels, only_new=True)
+                    lambda: pull_dataset(client, "Bench batched", ours_dir, labels, only_new=True)
                 )
                 assert nothing.done == 0, nothing.summary()
         finally:

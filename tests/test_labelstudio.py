@@ -14,12 +14,12 @@ import pytest
 from fixtures_labelstudio import CAR, PERSON, H, W, class_map, make_dataset, new_dataset
 
 from sedna_sam.cli import main
-from sedna_sam.commands.ls import pull
 from sedna_sam.formats.trainids import read_trainids
 from sedna_sam.labelstudio.client import (
     LabelStudioClient,
     LabelStudioError,
     ServerUnreachable,
+    pull_dataset,
     push_dataset,
 )
 from sedna_sam.storage import DatasetLayout
@@ -97,7 +97,7 @@ def test_corrected_annotation_pulls_back_as_trainids(ls_server, client, labels):
     tasks = sorted(tasks_of(client, project["id"]), key=lambda t: t["data"]["image"])
     annotate(client, tasks[0], {"car": "truck"})  # the person corrects car -> truck
 
-    report = pull(client, title, dataset, labels)
+    report = pull_dataset(client, title, dataset, labels)
     assert (report.done, report.failed) == (1, [])
     layout = DatasetLayout(dataset)
     got = read_trainids(layout.trainids("img00"))
@@ -123,7 +123,7 @@ def test_pull_only_new_converts_changed_annotations_only(ls_server, client, labe
     layout = DatasetLayout(dataset)
     first = layout.trainids("img00").stat().st_mtime_ns
     annotate(client, tasks[1], {"person": "rider"})
-    again = pull(client, title, dataset, labels, export_format="JSON", only_new=True)
+    again = pull_dataset(client, title, dataset, labels, export_format="JSON", only_new=True)
     assert again.done == 1 and again.notes["unchanged since the last pull"] == 1
     assert layout.trainids("img00").stat().st_mtime_ns == first  # not rewritten
     got = read_trainids(layout.trainids("img01"))

@@ -4,17 +4,13 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import json
 import logging
 from pathlib import Path
-from typing import Any
 
 from sedna_sam.commands import add_config_path, add_dataset_dir
 from sedna_sam.errors import BatchReport, SednaSamError
 
 log = logging.getLogger(__name__)
-
-PULL_STATE = "pull_state.json"
 
 
 def _finish(report: BatchReport) -> int:
@@ -111,71 +107,14 @@ def _push(args: argparse.Namespace) -> int:
     return _finish(report)
 
 
-def pull(
-    client,
-    project: str | int,
-    dataset_dir: str | Path,
-    labels,
-    *,
-    export_format: str = "JSON_MIN",
-    only_new: bool = False,
-    preview: bool = False,
-    ignore_unknown_labels: bool = False,
-) -> BatchReport:
-    """Export ``project`` into ``ls_data/`` and write TrainIds. With ``only_new`` only tasks
-    whose latest annotation changed since the last pull are converted; the pull state
-    (``ls_data/pull_state.json``: task id -> annotation id + updated_at) is saved after the
-    conversion, without the tasks that failed, so they are retried next time."""
-    from sedna_sam.convert import exported_to_trainids
-    from sedna_sam.formats.labelstudio import read_export
-    from sedna_sam.labelstudio.client import pull_export
-    from sedna_sam.storage import DatasetLayout, atomic_write_json
-
-    layout = DatasetLayout(Path(dataset_dir))
-    proj = client.get_project(project)
-    path = pull_export(client, proj["id"], layout.root, export_format=export_format)
-    tasks = read_export(path)
-    state_path = layout.ls_data / PULL_STATE
-    state: dict[str, Any] = {}
-    if state_path.exists():
-        try:
-            state = json.loads(state_path.read_text())
-        except (json.JSONDecodeError, OSError) as exc:
-            log.warning("%s: unreadable pull state (%s); converting everything", state_path, exc)
-    seen: dict[str, Any] = dict(state.get(str(proj["id"]), {}))
-
-    def version(t) -> list:
-        return [t.annotation_id, t.updated_at]
-
-    chosen = [t for t in tasks if not only_new or seen.get(str(t.task_id)) != version(t)]
-    report = exported_to_trainids(
-        chosen,
-        layout.root,
-        labels,
-        preview=preview,
-        ignore_unknown_labels=ignore_unknown_labels,
-        progress=True,
-    )
-    if only_new:
-        report.count("unchanged since the last pull", len(tasks) - len(chosen))
-    failed = {item for item, _ in report.failed}
-    for t in chosen:
-        if t.annotated and t.stem not in failed:
-            seen[str(t.task_id)] = version(t)
-    state[str(proj["id"])] = seen
-    atomic_write_json(state_path, state, indent=1)
-    report.export_path = path  # type: ignore[attr-defined]
-    return report
-
-
 def _pull(args: argparse.Namespace) -> int:
     from sedna_sam.labels import load_labels
-    from sedna_sam.labelstudio.client import LabelStudioClient
+    from sedna_sam.labelstudio.client import LabelStudioClient, pull_dataset
 
     labels = load_labels(args.config_path or "cityscapes")
     url, token = _credentials(args)
     with LabelStudioClient(url, token) as client:
-        report = pull(
+        report = pull_dataset(
             client,
             args.project,
             args.dataset_dir,

@@ -29,7 +29,7 @@ import httpx
 from sedna_sam.errors import BatchReport, InputError, SednaSamError
 from sedna_sam.formats.labelstudio import DOCUMENT_ROOT_ENV, POLYGON_TYPE
 from sedna_sam.labels import LabelSet, labeling_config_xml
-from sedna_sam.storage import DatasetLayout, atomic_write_bytes
+from sedna_sam.storage import DatasetLayout, atomic_write_bytes, atomic_write_json
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +37,7 @@ URL_ENV = "LABEL_STUDIO_URL"
 TOKEN_ENV = "LABEL_STUDIO_API_KEY"
 EXPORT_FORMATS = ("JSON_MIN", "JSON")
 NEW_VERSION_CHOICES = ("replace", "add", "keep")
+PULL_STATE = "pull_state.json"  # in ls_data/: what `pull --only-new` has converted
 
 
 class LabelStudioError(SednaSamError):
@@ -440,6 +441,61 @@ def pull_export(
     atomic_write_bytes(out, data)
     log.info("saved %s export of project %d to %s", export_format, project_id, out)
     return out
+
+
+def pull_dataset(
+    client: LabelStudioClient,
+    project: str | int,
+    dataset_dir: str | Path,
+    labels: LabelSet,
+    *,
+    export_format: str = "JSON_MIN",
+    only_new: bool = False,
+    preview: bool = False,
+    ignore_unknown_labels: bool = False,
+) -> BatchReport:
+    """Export ``project`` into ``ls_data/`` and write TrainIds. With ``only_new`` only tasks
+    whose latest annotation changed since the last pull are converted; the pull state
+    (``ls_data/pull_state.json``: task id -> annotation id + updated_at) is saved after the
+    conversion, without the tasks that failed, so they are retried next time."""
+    from sedna_sam.convert import exported_to_trainids
+    from sedna_sam.formats.labelstudio import read_export
+
+    layout = DatasetLayout(Path(dataset_dir))
+    proj = client.get_project(project)
+    path = pull_export(client, proj["id"], layout.root, export_format=export_format)
+    tasks = read_export(path)
+    state_path = layout.ls_data / PULL_STATE
+    state: dict[str, Any] = {}
+    if state_path.exists():
+        try:
+            state = json.loads(state_path.read_text())
+        except (json.JSONDecodeError, OSError) as exc:
+            log.warning("%s: unreadable pull state (%s); converting everything", state_path, exc)
+    seen: dict[str, Any] = dict(state.get(str(proj["id"]), {}))
+
+    def version(t) -> list:
+        return [t.annotation_id, t.updated_at]
+
+    chosen = [t for t in tasks if not only_new or seen.get(str(t.task_id)) != version(t)]
+    report = exported_to_trainids(
+        chosen,
+        layout.root,
+        labels,
+        preview=preview,
+        ignore_unknown_labels=ignore_unknown_labels,
+        progress=True,
+    )
+    if only_new:
+        report.count("unchanged since the last pull", len(tasks) - len(chosen))
+    failed = {item for item, _ in report.failed}
+    for t in chosen:
+        if t.annotated and t.stem not in failed:
+            seen[str(t.task_id)] = version(t)
+    state[str(proj["id"])] = seen
+    atomic_write_json(state_path, state, indent=1)
+    report.export_path = path  # type: ignore[attr-defined]
+    return report
 
 
 def push_dataset(
