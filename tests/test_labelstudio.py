@@ -214,3 +214,71 @@ def test_server_secrets_stay_private(ls_server):
     log_text = server.log_path.read_text(errors="replace")
     for secret in (ls_server.token, ls_server.password):
         assert secret not in cmdline and secret not in log_text
+
+
+def _set_model_version(dataset: Path, version: str) -> None:
+    path = DatasetLayout(dataset).ls_data / "tasks.json"
+    tasks = json.loads(path.read_text())
+    for task in tasks:
+        for pred in task["predictions"]:
+            pred["model_version"] = version
+    path.write_text(json.dumps(tasks))
+
+
+def test_new_model_version_replaces_or_adds_predictions(ls_server, client, labels):
+    dataset, title = new_dataset(ls_server, n=2)
+    kw = dict(project=title, client=client, document_root=ls_server.document_root)
+    push_dataset(dataset, labels, **kw)
+    project = client.find_project(title)
+
+    def versions() -> list[list[str]]:
+        tasks = sorted(tasks_of(client, project["id"]), key=lambda t: t["id"])
+        return [sorted(p["model_version"] for p in t["predictions"]) for t in tasks]
+
+    _set_model_version(dataset, "v2")
+    replaced = push_dataset(dataset, labels, **kw)
+    assert replaced.notes["predictions replaced"] == 2 and replaced.done == 2
+    assert versions() == [["v2"], ["v2"]]
+    _set_model_version(dataset, "v3")
+    push_dataset(dataset, labels, on_new_version="add", **kw)
+    assert versions() == [["v2", "v3"], ["v2", "v3"]]
+    _set_model_version(dataset, "v4")
+    kept = push_dataset(dataset, labels, on_new_version="keep", **kw)
+    assert kept.done == 0 and versions() == [["v2", "v3"], ["v2", "v3"]]
+    assert len(tasks_of(client, project["id"])) == 2
+
+
+def test_retries_5xx_then_succeeds(tmp_path):
+    """A real HTTP server that answers 503 twice before 200: the client retries."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    calls = []
+
+    class Flaky(BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 (http.server's naming)
+            calls.append(self.headers.get("Authorization"))
+            status = 503 if len(calls) <= 2 else 200
+            body = b'{"id": 7, "title": "x"}'
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Flaky)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{httpd.server_address[1]}"
+        with LabelStudioClient(url, "secret-token", retries=3, backoff_s=0.01) as c:
+            assert c.get_project(7)["id"] == 7
+        with LabelStudioClient(url, "secret-token", retries=0, backoff_s=0.01) as c:
+            calls.clear()
+            with pytest.raises(ServerUnreachable, match="HTTP 503"):
+                c.get_project(7)
+    finally:
+        httpd.shutdown()
+    assert calls[0] == "Token secret-token"
