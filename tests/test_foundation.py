@@ -49,6 +49,12 @@ def test_atomic_write_leaves_no_temp(tmp_path):
     atomic_write_text(target, "two")
     assert target.read_text() == "two"
     assert os.listdir(target.parent) == ["a.txt"]
+    umask = os.umask(0o022)
+    try:
+        atomic_write_text(target, "three")
+    finally:
+        os.umask(umask)
+    assert target.stat().st_mode & 0o777 == 0o644  # readable like a plain open(), not mkstemp's 0600
 
 
 def test_image_reading_normalises_and_names_file(tmp_path):
