@@ -8,7 +8,15 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 export PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_INPUT=1
-quiet() { "$@" 2>&1 | grep -vE "^WARNING: Location|^\s*$" || true; return "${PIPESTATUS[0]}"; }
+# Run a command, hiding pip's noise about missing local wheel folders; keep its exit status.
+quiet() {
+  local log rc=0
+  log=$(mktemp)
+  "$@" >"$log" 2>&1 || rc=$?
+  grep -vE "^WARNING: Location|^\s*$" "$log" || true
+  rm -f "$log"
+  return "$rc"
+}
 
 TORCH_SPEC=${SEDNA_SAM_TORCH:-"torch==2.14.1 torchvision==0.29.1"}
 LS_SPEC=${SEDNA_SAM_LS_SPEC:-"label-studio==1.23.2"}

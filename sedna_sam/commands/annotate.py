@@ -326,20 +326,15 @@ def _demo_models(args: argparse.Namespace, work: Path, labels):
 
 
 def push_step(dataset_dir: Path, labels, args: argparse.Namespace) -> int:
-    """Push the demo's Label Studio tasks (``ls_data/``) to ``--label-studio-url``.
+    """Push the demo's Label Studio tasks (``ls_data/``) to ``--label-studio-url`` and print
+    where a person corrects them."""
+    from sedna_sam.labelstudio.client import project_url, push_dataset
 
-    Integration boundary: uses the Label Studio client module when this build has it.
-    """
-    try:
-        from sedna_sam.labelstudio import client  # type: ignore[attr-defined]
-    except ImportError:
-        raise SednaSamError(
-            "this build has no Label Studio client (sedna_sam.labelstudio.client); skip --label-studio-url"
-        ) from None
-    push = getattr(client, "push_dataset", None)
-    if push is None:
-        raise SednaSamError("sedna_sam.labelstudio.client has no push_dataset(); use `sedna-sam ls push`")
-    return _finish(push(dataset_dir, labels, url=args.label_studio_url))
+    report = push_dataset(dataset_dir, labels, url=args.label_studio_url, project=args.project)
+    project = getattr(report, "project", None)
+    if project is not None:
+        print(f"correct the pre-annotations at {project_url(args.label_studio_url, project['id'])}")
+    return _finish(report)
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -410,6 +405,7 @@ def _register_demo(subparsers) -> None:
         default=None,
         help="also push the tasks to this Label Studio (LABEL_STUDIO_API_KEY from env)",
     )
+    p.add_argument("--project", default="sedna-sam", help="Label Studio project title (default sedna-sam)")
     p.add_argument("--dataset", default="cityscapes", help="labels and SAM defaults (cityscapes)")
     add_config_path(p)
     _add_model_args(p, required=False)
