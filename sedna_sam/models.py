@@ -326,3 +326,23 @@ def download_checkpoint(
     os.replace(part, final)
     log.info("downloaded %s (%s bytes, sha256 verified)", final, f"{ckpt.size:,}")
     return final
+
+
+def tiny_random_models(models_dir: str | Path, labels) -> tuple[str, str, dict]:
+    """(SAM checkpoint, Segformer dir, SAM parameter overrides) of tiny RANDOM-weight models
+    in ``models_dir``, built on first use: offline plumbing runs only, their masks mean nothing.
+
+    The overrides keep every mask (a random SAM predicts low IoU and stability) and use a
+    4x4 point grid without crops, so a run takes seconds on a CPU.
+    """
+    from sedna_sam.segformer import build_tiny_segformer
+
+    models_dir = Path(models_dir)
+    ckpt = models_dir / "sam_tiny_random.pth"
+    if not ckpt.exists():
+        build_tiny_sam(ckpt)
+    semantic = models_dir / "segformer_tiny_random"
+    if not (semantic / "config.json").exists():
+        build_tiny_segformer(semantic, labels)
+    overrides = dict(points_per_side=4, pred_iou_thresh=0.0, stability_score_thresh=0.0, crop_n_layers=0)
+    return str(ckpt), str(semantic), overrides

@@ -9,6 +9,7 @@ because the interactive backend and the cloud service run on this machine too.
 
 from __future__ import annotations
 
+import json
 import os
 import uuid
 from dataclasses import dataclass
@@ -123,3 +124,50 @@ def new_dataset(ls_server, n: int = 3) -> tuple[Path, str]:
     """A fresh dataset under the server's document root and a fresh project title."""
     name = f"ds-{uuid.uuid4().hex[:8]}"
     return make_dataset(Path(ls_server.document_root) / name, n), f"Project {name}"
+
+
+class LabelStudioRest:
+    """Plain REST calls tests make beside the product's client: set-up, and playing the
+    annotator (accept or correct a prediction) the way a person would in the editor."""
+
+    def __init__(self, url: str, token: str) -> None:
+        import requests
+
+        self.url, self.session = url.rstrip("/"), requests.Session()
+        self.session.headers["Authorization"] = f"Token {token}"
+
+    def call(self, method: str, path: str, **kw):
+        resp = self.session.request(method, self.url + path, timeout=120, **kw)
+        assert resp.status_code < 400, f"{method} {path}: {resp.status_code} {resp.text[:300]}"
+        return resp.json() if resp.content else None
+
+    def project_tasks(self, project_id: int) -> list[dict]:
+        out, page = [], 1
+        while True:
+            resp = self.session.get(
+                f"{self.url}/api/tasks",
+                params={"project": project_id, "page": page, "page_size": 100},
+                timeout=60,
+            )
+            if resp.status_code == 404:
+                return out
+            tasks = resp.json()["tasks"]
+            out += tasks
+            if len(tasks) < 100:
+                return out
+            page += 1
+
+    def annotate(self, task_id: int, relabel: str | None = None) -> dict:
+        """Accept the predictions as the annotation, the first region relabelled to ``relabel``."""
+        task = self.call("GET", f"/api/tasks/{task_id}")
+        result = json.loads(json.dumps(task["predictions"][0]["result"]))
+        assert result, "the pre-annotation gave no polygons"
+        if relabel:
+            result[0]["value"]["polygonlabels"] = [relabel]
+        return self.call("POST", f"/api/tasks/{task_id}/annotations/", json={"result": result})
+
+    def correct(self, annotation_id: int, relabel: str) -> dict:
+        ann = self.call("GET", f"/api/annotations/{annotation_id}")
+        result = ann["result"]
+        result[0]["value"]["polygonlabels"] = [relabel]
+        return self.call("PATCH", f"/api/annotations/{annotation_id}", json={"result": result})

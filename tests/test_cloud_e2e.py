@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from fixtures_labelstudio import LabelStudioRest
 
 from sedna_sam.cloud import queue as q
 from sedna_sam.cloud.server import SECRET_HEADER, serve
@@ -28,52 +29,6 @@ SECRET = "e2e-webhook-secret"
 
 class SimulatedCrash(BaseException):
     """Raised from the fault hook: like a kill, no stage catches it."""
-
-
-class Person:
-    """Plays the annotator through Label Studio's REST API (test set-up only)."""
-
-    def __init__(self, url: str, token: str) -> None:
-        import requests
-
-        self.url, self.session = url.rstrip("/"), requests.Session()
-        self.session.headers["Authorization"] = f"Token {token}"
-
-    def call(self, method: str, path: str, **kw):
-        resp = self.session.request(method, self.url + path, timeout=120, **kw)
-        assert resp.status_code < 400, f"{method} {path}: {resp.status_code} {resp.text[:300]}"
-        return resp.json() if resp.content else None
-
-    def project_tasks(self, project_id: int) -> list[dict]:
-        out, page = [], 1
-        while True:
-            resp = self.session.get(
-                f"{self.url}/api/tasks",
-                params={"project": project_id, "page": page, "page_size": 100},
-                timeout=60,
-            )
-            if resp.status_code == 404:
-                return out
-            tasks = resp.json()["tasks"]
-            out += tasks
-            if len(tasks) < 100:
-                return out
-            page += 1
-
-    def annotate(self, task_id: int, relabel: str | None = None) -> dict:
-        """Accept the predictions as the annotation, the first region relabelled to ``relabel``."""
-        task = self.call("GET", f"/api/tasks/{task_id}")
-        result = json.loads(json.dumps(task["predictions"][0]["result"]))
-        assert result, "the pre-annotation gave no polygons"
-        if relabel:
-            result[0]["value"]["polygonlabels"] = [relabel]
-        return self.call("POST", f"/api/tasks/{task_id}/annotations/", json={"result": result})
-
-    def correct(self, annotation_id: int, relabel: str) -> dict:
-        ann = self.call("GET", f"/api/annotations/{annotation_id}")
-        result = ann["result"]
-        result[0]["value"]["polygonlabels"] = [relabel]
-        return self.call("PATCH", f"/api/annotations/{annotation_id}", json={"result": result})
 
 
 def street(seed: int, h: int = 48, w: int = 64) -> bytes:
@@ -189,7 +144,7 @@ def test_flagged_sample_to_index_line_by_webhook_and_by_polling(cloud_env, label
         image = Path(sample.image_path)
         assert image.parent == env["dataset"] / "raw_data"
         assert (env["dataset"] / "ssa_output" / f"{by_hook}_semantic.json").is_file()
-        person = Person(env["ls"].url, env["ls"].token)
+        person = LabelStudioRest(env["ls"].url, env["ls"].token)
         # The service registered its webhook (secret as a header) in the project. A Label
         # Studio with SSRF protection on refuses 127.0.0.1 URLs; then the test posts what
         # Label Studio would have posted, built from Label Studio's own records.
@@ -278,7 +233,7 @@ def test_kill_and_restart_at_each_point_gives_one_task_and_one_line(cloud_env, c
     env = cloud_env
     config = crash_project
     sample_id = ship(env["store"], env["work"], "edge-crash", seed=100 + FAULT_POINTS.index(point))
-    person = Person(env["ls"].url, env["ls"].token)
+    person = LabelStudioRest(env["ls"].url, env["ls"].token)
     armed = {"on": True}
 
     def fault(at: str, sid: str) -> None:

@@ -17,6 +17,7 @@ import urllib.request
 
 import numpy as np
 import pytest
+from fixtures_labelstudio import LabelStudioRest
 
 from sedna_sam.labels import LabelSet, labeling_config_xml
 from sedna_sam.labelstudio.backend import (
@@ -245,21 +246,6 @@ def test_http_routes_and_errors(backend_factory, tmp_path):
 # --- against the real Label Studio server -------------------------------------------------
 
 
-class LabelStudio:
-    """The few REST calls the test needs beside the product's client (set-up only)."""
-
-    def __init__(self, url: str, token: str) -> None:
-        import requests
-
-        self.url, self.session = url.rstrip("/"), requests.Session()
-        self.session.headers["Authorization"] = f"Token {token}"
-
-    def call(self, method: str, path: str, **kw):
-        resp = self.session.request(method, self.url + path, timeout=120, **kw)
-        assert resp.status_code < 400, f"{method} {path}: {resp.status_code} {resp.text[:300]}"
-        return resp.json() if resp.content else None
-
-
 @pytest.fixture(scope="module")
 def interactive_project(ls_server, tmp_path_factory):
     """A project as `ls push` makes it (plain polygon config), a local-files storage, one task."""
@@ -269,7 +255,7 @@ def interactive_project(ls_server, tmp_path_factory):
 
     image_dir = Path(ls_server.document_root) / f"interactive-{tmp_path_factory.getbasetemp().name}"
     write_png(image_dir / "frame.png", scene())
-    ls = LabelStudio(ls_server.url, ls_server.token)
+    ls = LabelStudioRest(ls_server.url, ls_server.token)
     project = ls.call(
         "POST",
         "/api/projects",
@@ -418,7 +404,7 @@ def test_ls_push_connect_backend(ls_server, backend_factory, tmp_path, monkeypat
     assert main(argv) == 0  # rerun: same project, same connection
     assert f"interactive backend {backend_url} connected" in capsys.readouterr().out
 
-    ls = LabelStudio(ls_server.url, ls_server.token)
+    ls = LabelStudioRest(ls_server.url, ls_server.token)
     (project,) = [
         p
         for p in ls.call("GET", "/api/projects", params={"page_size": 1000})["results"]

@@ -31,7 +31,6 @@ def build_engine(config):
     ``sam_checkpoint``, ``sam_model``, ``semantic_model``, ``device``, ``models_dir``,
     ``sam`` (SamParams overrides), ``tiny_random_models`` (the tiny random-weight SAM and
     Segformer of ``sedna-sam demo``, built once under ``<dataset>/.tiny-models``)."""
-    from types import SimpleNamespace
 
     from sedna_sam.annotate.engine import AnnotateOptions, Annotator
     from sedna_sam.annotate.sam import sam_params
@@ -42,11 +41,11 @@ def build_engine(config):
     overrides = dict(opts.get("sam") or {})
     ckpt, semantic = opts.get("sam_checkpoint"), opts.get("semantic_model")
     if opts.get("tiny_random_models") and not (ckpt and semantic):
-        from sedna_sam.commands.annotate import _demo_models
+        from sedna_sam.models import tiny_random_models
 
-        demo_args = SimpleNamespace(ckpt_path=None, semantic_model=None, tiny_random_models=True)
-        tiny_ckpt, tiny_semantic, tiny_overrides, _ = _demo_models(
-            demo_args, Path(config.dataset_dir) / ".tiny-models", config.labels
+        log.warning("--tiny-random-models: RANDOM-weight SAM and Segformer, the pre-annotations mean nothing")
+        tiny_ckpt, tiny_semantic, tiny_overrides = tiny_random_models(
+            Path(config.dataset_dir) / ".tiny-models" / "models", config.labels
         )
         ckpt, semantic = ckpt or tiny_ckpt, semantic or tiny_semantic
         overrides = {**tiny_overrides, **overrides}

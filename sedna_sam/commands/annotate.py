@@ -309,20 +309,11 @@ def _demo_models(args: argparse.Namespace, work: Path, labels):
             "for an offline plumbing run with meaningless masks.\n"
             f"SAM: {download_hint(CHECKPOINTS['vit_b'].filename, 'models')}\n{SEGFORMER_HINT}"
         )
-    from sedna_sam.models import build_tiny_sam
-    from sedna_sam.segformer import build_tiny_segformer
+    from sedna_sam.models import tiny_random_models
 
     log.warning("%s", TINY_WARNING)
-    models = work / "models"
-    ckpt = models / "sam_tiny_random.pth"
-    if not ckpt.exists():
-        build_tiny_sam(ckpt)
-    semantic = models / "segformer_tiny_random"
-    if not (semantic / "config.json").exists():
-        build_tiny_segformer(semantic, labels)
-    # A random SAM predicts low IoU/stability: keep every mask so the later steps get input.
-    tiny = dict(points_per_side=4, pred_iou_thresh=0.0, stability_score_thresh=0.0, crop_n_layers=0)
-    return str(ckpt), str(semantic), tiny, True
+    ckpt, semantic, tiny = tiny_random_models(work / "models", labels)
+    return ckpt, semantic, tiny, True
 
 
 def push_step(dataset_dir: Path, labels, args: argparse.Namespace) -> int:
