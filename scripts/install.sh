@@ -35,23 +35,18 @@ if [ -z "${SEDNA_SAM_SKIP_LS:-}" ]; then
   quiet .venv-ls/bin/pip install -q $LS_SPEC
 fi
 
-if [ -z "${SEDNA_SAM_SKIP_BROWSER:-}" ] && ! command -v chromium >/dev/null 2>&1; then
+# Debian packages the tests use: install when missing (root with apt), else say what breaks.
+apt_install_if_missing() {  # COMMAND PACKAGE WHAT-NEEDS-IT
+  command -v "$1" >/dev/null 2>&1 && return 0
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-    echo "[install] chromium (Debian package)"
+    echo "[install] $2 (Debian package)"
     quiet apt-get update -q
-    DEBIAN_FRONTEND=noninteractive quiet apt-get install -y -q --no-install-recommends chromium
+    DEBIAN_FRONTEND=noninteractive quiet apt-get install -y -q --no-install-recommends "$2"
   else
-    echo "[install] chromium not installed and not root: the browser test will fail; install Debian's chromium"
+    echo "[install] $1 not installed and not root: $3; install Debian's $2"
   fi
-fi
-# kubectl renders the kustomize overlays offline in tests/test_manifests.py (no cluster needed).
-if [ -z "${SEDNA_SAM_SKIP_KUBECTL:-}" ] && ! command -v kubectl >/dev/null 2>&1; then
-  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-    echo "[install] kubectl (Debian package)"
-    quiet apt-get update -q
-    DEBIAN_FRONTEND=noninteractive quiet apt-get install -y -q --no-install-recommends kubectl
-  else
-    echo "[install] kubectl not installed and not root: the manifest tests will be skipped; install kubectl"
-  fi
-fi
+}
+# chromium: the one browser test; kubectl renders the kustomize overlays offline (no cluster).
+[ -n "${SEDNA_SAM_SKIP_BROWSER:-}" ] || apt_install_if_missing chromium chromium "the browser test will fail"
+[ -n "${SEDNA_SAM_SKIP_KUBECTL:-}" ] || apt_install_if_missing kubectl kubectl "the manifest tests will be skipped"
 echo "[install] done: activate with 'source .venv/bin/activate'"
