@@ -146,14 +146,26 @@ def _read_state_dict(path: Path) -> dict[str, Any]:
     return state
 
 
+def _sam_from_spec(spec: SamSpec):
+    """An untrained SAM with ``spec``'s image encoder (segment-anything's own builder; the
+    prompt encoder and mask decoder have SAM's fixed sizes)."""
+    from segment_anything.build_sam import _build_sam
+
+    return _build_sam(
+        encoder_embed_dim=spec.embed_dim,
+        encoder_depth=spec.depth,
+        encoder_num_heads=spec.num_heads,
+        encoder_global_attn_indexes=list(spec.global_attn_indexes),
+        checkpoint=None,
+    )
+
+
 def load_sam(ckpt_path: str | Path, model_type: str | None = None, device: str | None = None):
     """Load a SAM (``segment_anything.modeling.Sam``, eval mode, on ``device``).
 
     ``model_type`` (vit_h/vit_l/vit_b) is optional: the dims are read from the checkpoint;
     when given it is checked against them. ``device`` defaults to CUDA when present.
     """
-    from segment_anything.build_sam import _build_sam
-
     from sedna_sam.segformer import default_device
 
     path = Path(ckpt_path).expanduser()
@@ -163,13 +175,7 @@ def load_sam(ckpt_path: str | Path, model_type: str | None = None, device: str |
     wanted = "vit_h" if model_type == "default" else model_type
     if wanted and wanted != inferred:
         raise InputError(f"{path}: model type {model_type} was given, but the checkpoint is {inferred}")
-    sam = _build_sam(
-        encoder_embed_dim=spec.embed_dim,
-        encoder_depth=spec.depth,
-        encoder_num_heads=spec.num_heads,
-        encoder_global_attn_indexes=list(spec.global_attn_indexes),
-        checkpoint=None,
-    )
+    sam = _sam_from_spec(spec)
     try:
         sam.load_state_dict(state, strict=True)
     except RuntimeError as exc:
@@ -195,20 +201,13 @@ def build_tiny_sam(path: str | Path, spec: SamSpec | str = "tiny", seed: int = 0
     are meaningless; it exists so every code path that loads and runs SAM runs offline.
     """
     import torch
-    from segment_anything.build_sam import _build_sam
 
     from sedna_sam.storage import atomic_write_bytes
 
     if isinstance(spec, str):
         spec = TINY_SPECS[spec] if spec in TINY_SPECS else CHECKPOINTS[spec].spec
     torch.manual_seed(seed)
-    sam = _build_sam(
-        encoder_embed_dim=spec.embed_dim,
-        encoder_depth=spec.depth,
-        encoder_num_heads=spec.num_heads,
-        encoder_global_attn_indexes=list(spec.global_attn_indexes),
-        checkpoint=None,
-    )
+    sam = _sam_from_spec(spec)
     import io
 
     buf = io.BytesIO()

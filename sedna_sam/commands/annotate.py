@@ -7,8 +7,8 @@ import logging
 import shutil
 from pathlib import Path
 
-from sedna_sam.commands import add_config_path
-from sedna_sam.errors import BatchReport, SednaSamError
+from sedna_sam.commands import add_config_path, finish
+from sedna_sam.errors import SednaSamError
 
 log = logging.getLogger(__name__)
 
@@ -18,11 +18,6 @@ SEGFORMER_HINT = (
     "nvidia/segformer-b5-finetuned-ade-640-640 (ADE20K); offline: `huggingface-cli download ID "
     "--local-dir models/ID` on a connected machine and pass that directory."
 )
-
-
-def _finish(report: BatchReport) -> int:
-    (log.error if report.failed else log.info)("%s", report.summary())
-    return report.exit_code
 
 
 # --- annotate ----------------------------------------------------------------------------
@@ -114,7 +109,7 @@ def _annotate(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         progress=not args.no_progress,
     )
-    return _finish(report)
+    return finish(report)
 
 
 def _add_model_args(p: argparse.ArgumentParser, required: bool = True) -> None:
@@ -325,7 +320,7 @@ def push_step(dataset_dir: Path, labels, args: argparse.Namespace) -> int:
     project = getattr(report, "project", None)
     if project is not None:
         print(f"correct the pre-annotations at {project_url(args.label_studio_url, project['id'])}")
-    return _finish(report)
+    return finish(report)
 
 
 def _demo(args: argparse.Namespace) -> int:

@@ -8,17 +8,11 @@ import sys
 from pathlib import Path
 
 from sedna_sam import convert
-from sedna_sam.commands import add_config_path, add_dataset_dir
-from sedna_sam.errors import BatchReport
+from sedna_sam.commands import add_config_path, add_dataset_dir, finish
 from sedna_sam.labels import labeling_config_xml, load_labels
 from sedna_sam.storage import atomic_write_text
 
 log = logging.getLogger(__name__)
-
-
-def _finish(report: BatchReport) -> int:
-    (log.error if report.failed else log.info)("%s", report.summary())
-    return report.exit_code
 
 
 def _ssa_to_ls(args: argparse.Namespace) -> int:
@@ -32,7 +26,7 @@ def _ssa_to_ls(args: argparse.Namespace) -> int:
         min_area_px=args.min_area,
         overwrite=args.overwrite,
     )
-    return _finish(report)
+    return finish(report)
 
 
 def _ls_to_trainids(args: argparse.Namespace) -> int:
@@ -44,7 +38,7 @@ def _ls_to_trainids(args: argparse.Namespace) -> int:
         preview=args.preview,
         overwrite=args.overwrite,
     )
-    return _finish(report)
+    return finish(report)
 
 
 def _ssa_to_trainids(args: argparse.Namespace) -> int:
@@ -55,7 +49,7 @@ def _ssa_to_trainids(args: argparse.Namespace) -> int:
         preview=args.preview,
         overwrite=args.overwrite,
     )
-    return _finish(report)
+    return finish(report)
 
 
 def _labeling_config(args: argparse.Namespace) -> int:

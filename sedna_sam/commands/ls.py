@@ -7,15 +7,10 @@ import importlib.util
 import logging
 from pathlib import Path
 
-from sedna_sam.commands import add_config_path, add_dataset_dir
-from sedna_sam.errors import BatchReport, SednaSamError
+from sedna_sam.commands import add_config_path, add_dataset_dir, finish
+from sedna_sam.errors import SednaSamError
 
 log = logging.getLogger(__name__)
-
-
-def _finish(report: BatchReport) -> int:
-    (log.error if report.failed else log.info)("%s", report.summary())
-    return report.exit_code
 
 
 def _credentials(args: argparse.Namespace) -> tuple[str, str]:
@@ -104,7 +99,7 @@ def _push(args: argparse.Namespace) -> int:
 
         ml = connect_interactive(url, token, report.project["id"], args.connect_backend, labels)
         print(f"interactive backend {args.connect_backend} connected (ML backend id {ml['id']})")
-    return _finish(report)
+    return finish(report)
 
 
 def _pull(args: argparse.Namespace) -> int:
@@ -125,7 +120,7 @@ def _pull(args: argparse.Namespace) -> int:
             ignore_unknown_labels=args.ignore_unknown_labels,
         )
     print(f"export saved to {report.export_path}")
-    return _finish(report)
+    return finish(report)
 
 
 # ------------------------------------------------------------------------------ register

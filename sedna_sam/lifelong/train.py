@@ -336,11 +336,11 @@ def train_segformer(
     finally:
         bar.close()
     seconds = time.perf_counter() - t0
-    if end < config.steps:
-        log.info("stopped at step %d/%d (checkpoint %s)", end, config.steps, ckpt_path)
+
+    def result_at(model_dir: Path, steps: int) -> TrainResult:
         return TrainResult(
-            output_dir / MODEL_DIR_NAME,
-            end,
+            model_dir,
+            steps,
             start,
             seconds,
             _tail_loss(losses),
@@ -350,6 +350,10 @@ def train_segformer(
             report.failed,
         )
 
+    if end < config.steps:
+        log.info("stopped at step %d/%d (checkpoint %s)", end, config.steps, ckpt_path)
+        return result_at(output_dir / MODEL_DIR_NAME, end)
+
     model.eval()
     output_dir.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=output_dir, prefix=".model-"))
@@ -357,17 +361,7 @@ def train_segformer(
     model_dir = publish_model_dir(tmp, output_dir / MODEL_DIR_NAME)
     knowledge = {(s.image, s.label): s for s in [*replay_samples, *new_samples]}
     write_index(output_dir / REPLAY_INDEX_NAME, [Sample(i, lab) for i, lab in knowledge])
-    result = TrainResult(
-        model_dir,
-        config.steps,
-        start,
-        seconds,
-        _tail_loss(losses),
-        len(new_samples),
-        len(replay_samples),
-        losses,
-        report.failed,
-    )
+    result = result_at(model_dir, config.steps)
     atomic_write_json(
         output_dir / REPORT_NAME,
         {
