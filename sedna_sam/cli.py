@@ -25,6 +25,7 @@ COMMAND_MODULES = [
     "sedna_sam.commands.edge",
     "sedna_sam.commands.cloud",
     "sedna_sam.commands.lifelong",
+    "sedna_sam.commands.init_dirs",
     "sedna_sam.commands.ls",
 ]
 

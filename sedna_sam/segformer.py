@@ -94,31 +94,32 @@ class Segformer:
 
 
 def load_segformer(spec: str | Path, device: str | None = None) -> Segformer:
-    """Load a Segformer from a local directory (``save_pretrained`` layout) or a hub id.
+    """Load a Segformer from any model spec (:func:`sedna_sam.model_files.resolve_model`):
+    a local directory (``save_pretrained`` layout), a one-file archive, a Sedna
+    knowledge-base index, a remote URL, or a hub id.
 
     Offline, a hub id that is not in the local cache fails with a message saying what
     to download and where to put it.
     """
     from transformers import SegformerForSemanticSegmentation
 
+    from sedna_sam.model_files import resolve_model
+
     device = device or default_device()
-    spec = str(spec)
-    local = Path(spec).expanduser()
-    if local.exists():
-        if not (local / "config.json").is_file():
-            raise SednaSamError(f"{local}: not a Segformer model directory (no config.json)")
-        source = str(local.resolve())
+    resolved = resolve_model(spec)
+    if resolved.local:
+        source = os.path.abspath(resolved.source)
         kwargs = {"local_files_only": True}
     else:
-        source = spec
+        source = resolved.source
         kwargs = {"local_files_only": os.environ.get("HF_HUB_OFFLINE") == "1"}
     try:
         model = SegformerForSemanticSegmentation.from_pretrained(source, **kwargs)
     except OSError as exc:
         raise SednaSamError(
             f"cannot load Segformer {spec!r}: {exc}\n"
-            f"Without network access, download it elsewhere (e.g. `huggingface-cli download {spec} "
-            f"--local-dir models/{spec.replace('/', '__')}`) and pass that directory."
+            f"Without network access, download it elsewhere (e.g. `huggingface-cli download {source} "
+            f"--local-dir models/{source.replace('/', '__')}`) and pass that directory."
         ) from None
     model.eval().to(device)
     input_size, mean, std = _processor_settings(source, kwargs["local_files_only"])

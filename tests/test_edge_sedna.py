@@ -1,21 +1,20 @@
-"""Sedna contract: env names per role, Context-style lookup, secrets redacted, and the
-UTD plug-in against a stand-in of Sedna's ClassFactory/BaseDataSource.
+"""Sedna contract: env names per role, Context-style lookup, secrets redacted, and our
+plug-ins inside kubeedge/sedna's real lib (installed from its lib/ by
+scripts/install-sedna-lib.sh; CI fails when it is missing): registration in its
+ClassFactory, the corner-case recognition plug-in splitting real frames, the single task
+definition/allocation, and the env defaults the lib needs.
 
-The real kubeedge/sedna lib cannot be installed here (it comes from the repository's
-lib/ in our Docker images; PyPI's `sedna` is unrelated), so the plug-in test puts a
-minimal stand-in with the same names on PYTHONPATH in a subprocess. It checks OUR side
-of the contract (registration, constructor and call signature, seen/unseen split); it
-does not prove that LifelongLearning.inference works end to end.
+The whole LifelongLearningJob (train -> eval -> deploy -> round 2) runs in
+tests/test_sedna_job.py.
 """
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-import textwrap
+import numpy as np
+import pytest
 
 from sedna_sam import sedna_compat as sc
+from sedna_sam.errors import SednaSamError
 
 
 def test_role_env_names_match_sednas_contract():
@@ -65,83 +64,90 @@ def test_secrets_are_redacted():
     assert "s3cr3t" not in repr(shown) and "AKIA123" not in repr(shown) and shown["JOB_NAME"] == "job"
 
 
-def test_without_the_lib_registration_is_a_no_op():
-    if sc.sedna_available():  # pragma: no cover - only in the Docker images
-        return
-    from sedna_sam.edge.worker import register_sedna_plugins
-
-    assert sc.register_utd_plugin("x", object) is False and register_sedna_plugins() is False
+def test_the_lib_is_kubeedge_sednas():
+    assert sc.sedna_available(), "kubeedge/sedna's lib is not installed: run scripts/install.sh"
+    import sedna.core.lifelong_learning  # noqa: F401  (PyPI's unrelated 'sedna' has no core/)
 
 
-STAND_IN = {
-    "sedna/__init__.py": "",
-    "sedna/common/__init__.py": "",
-    "sedna/common/class_factory.py": """
-        class ClassType:
-            UTD = "unseen_task_detect"
-        class ClassFactory:
-            __registry__ = {}
-            @classmethod
-            def register_cls(cls, t_cls, type_name="general", alias=None):
-                cls.__registry__.setdefault(type_name, {})[alias or t_cls.__name__] = t_cls
-                return t_cls
-            @classmethod
-            def is_exists(cls, type_name, cls_name=None):
-                return type_name in cls.__registry__ and (cls_name is None or cls_name in cls.__registry__[type_name])
-            @classmethod
-            def get_cls(cls, type_name, t_cls_name=None):
-                return cls.__registry__[type_name][t_cls_name]
-    """,
-    "sedna/datasources/__init__.py": """
-        class BaseDataSource:
-            def __init__(self, data_type="train", func=None):
-                self.data_type, self.x, self.y = data_type, None, None
-            def num_examples(self):
-                return len(self.x)
-    """,
-}
+def test_plugins_register_in_sednas_class_factory():
+    from sedna.common.class_factory import ClassFactory, ClassType
 
-PLUGIN_SCRIPT = """
-import sys, json
-from sedna.common.class_factory import ClassFactory, ClassType
-from sedna.datasources import BaseDataSource
-from sedna_sam import sedna_compat
-from sedna_sam.edge.worker import SegformerEstimator, register_sedna_plugins
-from sedna_sam.edge.scorers import SCORERS
-from sedna_sam.images import read_image_rgb
-assert sedna_compat.sedna_available()
-assert register_sedna_plugins() and register_sedna_plugins()  # idempotent
-names = sorted(ClassFactory.__registry__[ClassType.UTD])
-est = SegformerEstimator("cpu"); est.load(sys.argv[1])
-paths = sys.argv[2:]
-scores = [SCORERS.create("msp").score(est.logits(read_image_rgb(p))[0]) for p in paths]
-thr = sorted(scores)[len(scores) // 2]
-plugin = ClassFactory.get_cls(ClassType.UTD, "sedna_sam_msp")("index.pkl", estimator=est, threshold=thr)
-data = BaseDataSource(data_type="test"); data.x = [(p,) for p in paths]
-seen, unseen = plugin(data)
-print(json.dumps({"names": names, "unseen": [x[0] for x in unseen.x], "seen": [x[0] for x in seen.x],
-                  "expected_unseen": [p for p, s in zip(paths, scores) if s >= thr]}))
-"""
+    from sedna_sam.edge.scorers import SCORERS
+    from sedna_sam.sedna_job import plugins
+
+    plugins.register_all()
+    assert plugins.register_all() == []  # idempotent
+    assert ClassFactory.get_cls(ClassType.STP, plugins.TASK_DEFINITION) is plugins.SingleTaskDefinition
+    assert ClassFactory.get_cls(ClassType.STP, plugins.TASK_ALLOCATION) is plugins.SingleTaskAllocation
+    assert ClassFactory.get_cls(ClassType.KM, plugins.UPDATE_DECISION) is plugins.FinetuneUpdateDecision
+    assert ClassFactory.get_cls(ClassType.UTD, plugins.RE_RECOGNITION) is plugins.AllSeenReRecognition
+    for alias in [plugins.CALIBRATED_RECOGNITION] + [plugins.utd_alias(n) for n in SCORERS.names()]:
+        assert ClassFactory.is_exists(ClassType.UTD, alias), alias
 
 
-def test_utd_plugin_against_a_sedna_stand_in(tmp_path, tiny_segformer_dir, edge_frames):
-    import json
+def test_single_task_definition_allocation_and_all_seen():
+    from sedna.datasources import BaseDataSource
 
-    root = tmp_path / "standin"
-    for rel, text in STAND_IN.items():
-        (root / rel).parent.mkdir(parents=True, exist_ok=True)
-        (root / rel).write_text(textwrap.dedent(text))
-    frames = edge_frames(tmp_path / "frames", 4, unknown_from=2)
-    env = {**os.environ, "PYTHONPATH": f"{root}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
-    out = subprocess.run(
-        [sys.executable, "-c", PLUGIN_SCRIPT, str(tiny_segformer_dir), *map(str, frames)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
+    from sedna_sam.sedna_job import plugins
+
+    data = BaseDataSource(data_type="train")
+    data.x, data.y = np.array(["a.png", "b.png", "c.png"]), np.array(["a_L.png", "b_L.png", "c_L.png"])
+    tasks, extractor, samples = plugins.SingleTaskDefinition()(data, model=None)
+    (task,) = tasks
+    assert samples is data and task.samples is data and extractor == {task.entry: 0}
+    assert (
+        task.entry.startswith("segformer-") and task.entry != plugins.SingleTaskDefinition()(data)[0][0].entry
     )
-    assert out.returncode == 0, out.stderr[-2000:]
-    result = json.loads(out.stdout.strip().splitlines()[-1])
-    assert result["names"] == ["sedna_sam_energy", "sedna_sam_entropy", "sedna_sam_lowconf", "sedna_sam_msp"]
-    assert result["unseen"] == result["expected_unseen"] and len(result["unseen"]) == 2
-    assert sorted(result["seen"] + result["unseen"]) == sorted(map(str, frames))
+    assert plugins.SingleTaskAllocation(extractor)(data)[1] == [0, 0, 0]
+    seen, unseen = plugins.AllSeenReRecognition(None)(data)
+    assert seen is data and len(unseen.x) == 0
+    assert list(np.concatenate((seen.x, unseen.x))) == ["a.png", "b.png", "c.png"]  # what the lib does next
+
+
+def test_recognition_plugin_splits_real_frames(tmp_path, tiny_segformer_dir, edge_frames):
+    from sedna.common.class_factory import ClassFactory, ClassType
+    from sedna.datasources import BaseDataSource
+
+    from sedna_sam.edge.scorers import SCORERS
+    from sedna_sam.edge.sedna_inference import EdgeEstimator
+    from sedna_sam.images import read_image_rgb
+    from sedna_sam.model_files import pack_model
+    from sedna_sam.sedna_job import plugins
+
+    plugins.register_all()
+    frames = edge_frames(tmp_path / "frames", 4, unknown_from=2)
+    est = EdgeEstimator("cpu")
+    est.load(str(pack_model(tiny_segformer_dir, tmp_path / "seg.model")))
+    scores = [SCORERS.create("msp").score(est.frame_logits((str(p),))[0]) for p in frames]
+    thr = sorted(scores)[len(scores) // 2]
+    plugin = ClassFactory.get_cls(ClassType.UTD, "sedna_sam_msp")("index.pkl", estimator=est, threshold=thr)
+    data = BaseDataSource(data_type="test")
+    data.x = [(str(p),) for p in frames]
+    seen, unseen = plugin(data)
+    assert [x[0] for x in unseen.x] == [str(p) for p, s in zip(frames, scores) if s >= thr]
+    assert sorted(x[0] for x in seen.x + unseen.x) == sorted(map(str, frames)) and len(unseen.x) == 2
+    assert est.scores == {str(p): pytest.approx(s) for p, s in zip(frames, scores)}
+    # the prediction reuses the logits of the frame the plug-in scored last, at the frame's size
+    (ids,) = est.predict(np.array([(str(frames[-1]),)]))
+    assert ids.shape == read_image_rgb(frames[-1]).shape[:2]
+    # a plug-in without our estimator says what it needs
+    with pytest.raises(SednaSamError, match="edge estimator"):
+        ClassFactory.get_cls(ClassType.UTD, "sedna_sam")("index.pkl", estimator=object())
+
+
+def test_env_defaults_for_the_lib(tmp_path):
+    from sedna_sam.sedna_job import runtime
+
+    env = {"edge_output_url": str(tmp_path / "kb")}
+    assert runtime.prepare_env("train", env) == {"BACKEND_TYPE": "PYTORCH", "MIN_TRAIN_SAMPLE": "1"}
+    assert (tmp_path / "kb" / "unseen_samples").is_dir()
+    with pytest.raises(SednaSamError, match="does nothing"):
+        runtime.prepare_env("train", {"BACKEND_TYPE": "TORCH"})
+    with pytest.raises(SednaSamError, match="tensorflow"):
+        runtime.prepare_env("train", {"BACKEND_TYPE": "tensorflow"})
+    (tmp_path / "file").write_text("")
+    with pytest.raises(SednaSamError, match="edge_output_url.*writable volume"):
+        runtime.prepare_env("inference", {"edge_output_url": str(tmp_path / "file" / "kb")})
+    env = {}
+    runtime.prepare_env("eval", env)
+    assert env["edge_output_url"].endswith("sedna-sam-kb-eval")

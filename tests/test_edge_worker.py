@@ -15,8 +15,9 @@ import pytest
 
 from sedna_sam.edge.buffer import SampleBuffer
 from sedna_sam.edge.calibrate import calibrate, read_edge_config
+from sedna_sam.edge.model import model_version, resolve_model_dir
 from sedna_sam.edge.scorers import SCORERS
-from sedna_sam.edge.worker import EdgeWorker, WorkerSettings, model_version, resolve_model_dir
+from sedna_sam.edge.worker import EdgeWorker, WorkerSettings
 from sedna_sam.errors import SednaSamError
 from sedna_sam.images import read_image_rgb, read_label_png
 from sedna_sam.segformer import load_segformer, save_segformer, tiny_segformer
@@ -160,17 +161,27 @@ def test_calibrate_sets_thresholds_the_worker_uses(tmp_path, model_dir, edge_fra
 
 
 def test_model_spec_forms(tmp_path, model_dir):
+    from sedna_sam.model_files import is_model_archive, pack_model
+
     assert resolve_model_dir(str(model_dir)) == model_dir
     assert resolve_model_dir(f"file://{model_dir}/config.json") == model_dir
     assert resolve_model_dir(f"{model_dir};/elsewhere") == model_dir
-    (tmp_path / "deploy").mkdir()
-    (tmp_path / "deploy" / "index.pkl").write_bytes(b"\x80\x04N.")
-    shutil.copytree(model_dir, tmp_path / "deploy" / "seg")
-    assert resolve_model_dir(str(tmp_path / "deploy" / "index.pkl")) == tmp_path / "deploy" / "seg"
+    # one file: unpacked once into the cache, same content -> same directory
+    archive = pack_model(model_dir, tmp_path / "deploy" / "seg.model", {"note.txt": b"hello"})
+    assert is_model_archive(archive) and not is_model_archive(model_dir / "config.json")
+    unpacked = resolve_model_dir(str(archive))
+    assert unpacked != model_dir and model_version(unpacked) == model_version(model_dir)
+    assert resolve_model_dir(f"file://{archive}") == unpacked
     with pytest.raises(SednaSamError, match="no config.json"):
         resolve_model_dir(str(tmp_path))
-    with pytest.raises(SednaSamError, match="does not exist"):
+    with pytest.raises(SednaSamError, match="model not found"):
         resolve_model_dir(str(tmp_path / "missing"))
+    (tmp_path / "deploy" / "index.pkl").write_bytes(b"\x80\x04N.")  # a pickle, but of None
+    with pytest.raises(SednaSamError, match="index"):
+        resolve_model_dir(str(tmp_path / "deploy" / "index.pkl"))
+    (tmp_path / "junk.bin").write_bytes(b"junk")
+    with pytest.raises(SednaSamError, match="neither a model directory"):
+        resolve_model_dir(str(tmp_path / "junk.bin"))
 
 
 def edge_cli(argv: list[str]) -> int:

@@ -14,10 +14,11 @@ import numpy as np
 import pytest
 
 from sedna_sam.lifelong import data as ds
-from sedna_sam.lifelong.estimator import SegformerEstimator, plan_training, run_eval_worker
+from sedna_sam.lifelong.estimator import SegformerEstimator
 from sedna_sam.lifelong.evaluate import evaluate_model
 from sedna_sam.lifelong.gate import GatePolicy, decide
 from sedna_sam.lifelong.train import CHECKPOINT_NAME, TrainConfig, train_segformer
+from sedna_sam.lifelong.workers import EvalOptions, TrainOptions, plan_training, run_eval_worker
 
 # Small but real: enough steps at a high learning rate for a tiny model to learn the
 # scenes' big regions in well under a minute on two shared cores.
@@ -176,7 +177,9 @@ def test_eval_worker_and_gate_from_env(two_domains, sequence, tmp_path):
         "GATE_MAX_OLD_DROP": "0.5",
     }
     deploy = tmp_path / "deploy" / "model"
-    result = run_eval_worker({"gate": True, "device": "cpu", "deploy_dir": str(deploy)}, env, progress=False)
+    result = run_eval_worker(
+        EvalOptions(gate=True, device="cpu", deploy_dir=str(deploy), progress=False), env
+    )
     metrics = json.loads((out / "metrics.json").read_text())["models"]
     a, b = metrics[str(sequence["A"])], metrics[str(sequence["B-replay"])]
     expected = decide(
@@ -219,7 +222,9 @@ def test_eval_worker_and_gate_from_env(two_domains, sequence, tmp_path):
 
 
 def test_train_plan_from_sedna_env(two_domains, tmp_path):
-    """Replay = previous round's knowledge + the Dataset's earlier samples, minus this round and the test split."""
+    """Replay = the previous round's knowledge (+ explicit indexes); the Dataset's other
+    lines only on request, minus this round and the test split (Sedna's eval split would
+    otherwise leak into training)."""
     a_train, b_train, b_test = (
         ds.read_index(p) for p in (two_domains.a_train, two_domains.b_train, two_domains.b_test)
     )
@@ -239,20 +244,24 @@ def test_train_plan_from_sedna_env(two_domains, tmp_path):
         "TRAIN_STEPS": "7",
         "REPLAY_RATIO": "0.25",
     }
-    plan = plan_training({}, env)
+    plan = plan_training(TrainOptions(), env)
     assert [s.image for s in plan.new] == [s.image for s in b_train]
-    assert {s.image for s in plan.replay} == {s.image for s in a_train[:8]}
+    assert {s.image for s in plan.replay} == {s.image for s in a_train[4:8]}
     assert plan.base_model == str(prev / "model")
     assert (plan.config.steps, plan.config.replay_ratio) == (7, 0.25)
-    assert plan.output_dir == tmp_path / "round2"
-    # flags override env
-    plan = plan_training({"steps": 3, "base_model": "x", "replay_original": False}, env)
+    assert plan.work_dir == tmp_path / "round2" and plan.initial_done
+    # the Dataset's other lines on request, never this round's or the test split's
+    plan = plan_training(TrainOptions(replay_original=True), env)
+    assert {s.image for s in plan.replay} == {s.image for s in a_train[:8]}
+    # flags override env; CLOUD_KB_INDEX as Sedna gives it: a host path under DATA_PATH_PREFIX
+    prefixed = {**env, "CLOUD_KB_INDEX": "/round1/index.pkl", "DATA_PATH_PREFIX": str(tmp_path)}
+    plan = plan_training(TrainOptions(steps=3, base_model="x"), prefixed)
     assert plan.config.steps == 3 and plan.base_model == "x"
     assert {s.image for s in plan.replay} == {s.image for s in a_train[4:8]}
     from sedna_sam.errors import SednaSamError
 
     with pytest.raises(SednaSamError, match="TRAIN_DATASET_URL"):
-        plan_training({}, {"OUTPUT_URL": "x"})
+        plan_training(TrainOptions(), {"OUTPUT_URL": "x"})
 
 
 def test_estimator_interface(two_domains, tmp_path):
@@ -266,7 +275,8 @@ def test_estimator_interface(two_domains, tmp_path):
     assert preds[0].shape == image.shape[:2] and (preds[0] == preds[1]).all()
     metrics = est.evaluate(two_domains.a_test)
     assert 0.0 <= metrics["mIoU"] <= 1.0 and metrics["samples"] == 6
-    saved = est.save(str(tmp_path / "saved"))
+    saved = est.save(str(tmp_path / "saved.model"))  # one file: what Sedna's KB stores
+    assert Path(saved).is_file()
     est2 = SegformerEstimator(saved, device="cpu", progress=False)
     assert (est2.predict([image])[0] == preds[0]).all()
 

@@ -165,8 +165,7 @@ def _store(args) -> str | None:
 
 def cmd_run(args) -> int:
     from sedna_sam import sedna_compat
-    from sedna_sam.edge.shipper import Shipper
-    from sedna_sam.edge.worker import EdgeWorker, WorkerSettings, run_with_sedna_lib
+    from sedna_sam.edge.worker import WorkerSettings
 
     settings = WorkerSettings.from_env(
         model=args.model,
@@ -189,15 +188,36 @@ def cmd_run(args) -> int:
     )
     log.info("edge worker env: %s", sedna_compat.redacted(sedna_compat.read_role_env("inference")))
     stop = _stop_on_signals()
-    use_lib = sedna_compat.sedna_available() and not args.no_sedna_lib
+    use_lib = sedna_compat.sedna_available() and sedna_compat.under_sedna() and not args.no_sedna_lib
+    if not use_lib:
+        return _run_frames(args, settings, stop, use_lib=False)
+    # Sedna's lib leaves non-daemon threads running: end the process once our work is done.
+    from sedna_sam.sedna_job.runtime import hard_exit
+
+    code = 1
+    try:
+        code = _run_frames(args, settings, stop, use_lib=True)
+    except SednaSamError as exc:
+        log.error("%s", exc)
+        code = 2
+    except BaseException:
+        log.exception("edge worker failed")
+    hard_exit(code)
+    return code  # not reached
+
+
+def _run_frames(args, settings, stop: threading.Event, use_lib: bool) -> int:
+    """The frame loop (plain, or through Sedna's lib) with the shipper beside it."""
+    from sedna_sam.edge.buffer import SampleBuffer
+    from sedna_sam.edge.shipper import Shipper
+    from sedna_sam.edge.worker import EdgeWorker
+
     worker = None if use_lib else EdgeWorker(settings)
     store = _store(args)
     ship_thread = None
     shipper = None
     ship_stop = threading.Event()
     if store:
-        from sedna_sam.edge.buffer import SampleBuffer
-
         buffer = worker.buffer if worker else SampleBuffer(settings.unseen_dir)
         shipper = Shipper(buffer, store, settings.node)
         ship_thread = threading.Thread(
@@ -205,7 +225,12 @@ def cmd_run(args) -> int:
         )
         ship_thread.start()
     try:
-        report = run_with_sedna_lib(settings, stop) if use_lib else worker.run(stop)
+        if use_lib:
+            from sedna_sam.edge.sedna_inference import run_with_sedna_lib
+
+            report = run_with_sedna_lib(settings, stop)
+        else:
+            report = worker.run(stop)
     finally:
         if ship_thread:
             if not stop.is_set():  # source finished: give the shipper one last pass
@@ -214,15 +239,15 @@ def cmd_run(args) -> int:
                 except Exception as exc:
                     log.warning("last shipping pass failed (%s); samples stay buffered", exc)
             ship_stop.set()
-            ship_thread.join(timeout=30)
-    print(report.summary())
+            ship_thread.join(timeout=5 if stop.is_set() else 30)
+    print(report.summary(), flush=True)
     return report.exit_code
 
 
 def cmd_calibrate(args) -> int:
     from sedna_sam import sedna_compat
     from sedna_sam.edge.calibrate import calibrate, edge_config_path
-    from sedna_sam.edge.worker import resolve_model_dir
+    from sedna_sam.edge.model import resolve_model_dir
 
     model = args.model or sedna_compat.get_param("MODEL_URLS")
     if not model:

@@ -9,27 +9,39 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from sedna_sam.lifelong.workers import EvalOptions, TrainOptions
 
 log = logging.getLogger(__name__)
 
 TRAIN_EPILOG = """\
 Sedna env read (flags override): TRAIN_DATASET_URL (this round's samples), ORIGINAL_DATASET_URL
-(the Dataset index; relative paths resolve against its directory; its earlier samples are
-replayed), CLOUD_KB_INDEX (previous round: its knowledge_index.txt is replayed and its model is
-the base), HAS_COMPLETED_INITIAL_TRAINING, OUTPUT_URL. Ours: BASE_MODEL_URL, REPLAY_DATASET_URL,
-TRAIN_STEPS, BATCH_SIZE, LEARNING_RATE, REPLAY_RATIO.
+(the Dataset index; relative paths resolve against its directory), CLOUD_KB_INDEX (previous
+round: its model is the base and what it learned is replayed), HAS_COMPLETED_INITIAL_TRAINING,
+OUTPUT_URL. Ours: BASE_MODEL_URL, REPLAY_DATASET_URL, TRAIN_STEPS, BATCH_SIZE, LEARNING_RATE,
+REPLAY_RATIO.
 Writes OUTPUT_URL/model (Segformer directory), OUTPUT_URL/knowledge_index.txt (next round's
 replay pool), OUTPUT_URL/train_report.json. A killed run resumes from
 OUTPUT_URL/checkpoints/checkpoint.pt when rerun with the same inputs; a finished round is skipped.
+Under a Sedna LifelongLearningJob with kubeedge/sedna's lib installed the round runs through the
+lib's LifelongLearning: the model is also saved as one archive in Sedna's knowledge base
+(OUTPUT_URL/index.pkl, uploaded to KB_SERVER) and reported to the local controller.
 """
 
 EVAL_EPILOG = """\
-Sedna env read (flags override): MODEL_URLS (';'-separated model directories), TEST_DATASET_URL
-(new-domain test index), ORIGINAL_DATASET_URL, OUTPUT_URL. Ours: OLD_TEST_DATASET_URL
-(old-domain test index), BASELINE_MODEL_URL (deployed model), GATE_MIN_NEW_GAIN,
-GATE_MAX_OLD_DROP, DEPLOY_MODEL_DIR.
+Sedna env read (flags override): MODEL_URLS (';'-separated models: directories, archives, or
+under Sedna the train round's index.pkl), TEST_DATASET_URL (new-domain test index; repeated
+lines counted once), ORIGINAL_DATASET_URL, OUTPUT_URL. Ours: OLD_TEST_DATASET_URL (old-domain
+test index), BASELINE_MODEL_URL (deployed model), GATE_MIN_NEW_GAIN, GATE_MAX_OLD_DROP,
+DEPLOY_MODEL_DIR.
 Writes OUTPUT_URL/metrics.json (per-class IoU, mIoU, confusion per model and domain) and, with
---gate, OUTPUT_URL/gate.json. Exit status with --gate: 0 accepted, 3 rejected.
+--gate, OUTPUT_URL/gate.json. Under a Sedna LifelongLearningJob (with kubeedge/sedna's lib) the
+decision goes into the report to Sedna's local controller (an accepted model is deployed, a
+rejected one is not) and the baseline is the job's last accepted model.
+Exit status: 0 when the evaluation ran, whatever the decision (Sedna restarts failed pods);
+`sedna-sam gate` exits 3 on reject, for scripts.
 """
 
 EXIT_REJECTED = 3
@@ -43,10 +55,55 @@ def _size(text: str) -> tuple[int, int]:
     return h, w
 
 
-def _train(args: argparse.Namespace) -> int:
-    from sedna_sam.lifelong.estimator import run_train_worker
+def train_options(args: argparse.Namespace) -> TrainOptions:
+    from sedna_sam.lifelong.workers import TrainOptions
 
-    report = run_train_worker(vars(args), progress=not args.no_progress)
+    return TrainOptions(
+        train_index=args.train_index,
+        output=args.output,
+        original_index=args.original_index,
+        kb_index=args.kb_index,
+        base_model=args.base_model,
+        replay_index=args.replay_index,
+        replay_original=args.replay_original,
+        steps=args.steps,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        replay_ratio=args.replay_ratio,
+        input_size=args.input_size,
+        seed=args.seed,
+        checkpoint_every=args.checkpoint_every,
+        device=args.device,
+        no_sedna=args.no_sedna,
+        progress=not args.no_progress,
+    )
+
+
+def eval_options(args: argparse.Namespace, gate: bool) -> EvalOptions:
+    from sedna_sam.lifelong.workers import EvalOptions
+
+    return EvalOptions(
+        models=args.models,
+        baseline=args.baseline,
+        test_index=args.test_index,
+        old_test_index=args.old_test_index,
+        output=args.output,
+        original_index=args.original_index,
+        min_new_gain=args.min_new_gain,
+        max_old_drop=args.max_old_drop,
+        allow_missing_old=args.allow_missing_old,
+        deploy_dir=args.deploy_dir,
+        gate=gate,
+        device=args.device,
+        no_sedna=args.no_sedna,
+        progress=not args.no_progress,
+    )
+
+
+def _train(args: argparse.Namespace) -> int:
+    from sedna_sam.lifelong.workers import run_train_worker
+
+    report = run_train_worker(train_options(args))
     print(json.dumps(report, indent=2, default=str))
     if report.get("failed"):
         log.error(
@@ -57,28 +114,30 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _eval(args: argparse.Namespace) -> int:
-    from sedna_sam.lifelong.estimator import run_eval_worker
+def _evaluate(args: argparse.Namespace, gate: bool, exit_on_reject: int) -> int:
+    from sedna_sam.lifelong.workers import run_eval_worker
 
-    result = run_eval_worker(vars(args), progress=not args.no_progress)
+    result = run_eval_worker(eval_options(args, gate))
     print(f"{'model':60s} {'domain':6s} {'mIoU':>7s} {'images':>6s}")
     for url, per in result.metrics.items():
         for domain, m in per.items():
             print(f"{url[-60:]:60s} {domain:6s} {m.miou:7.4f} {m.samples:6d}")
-    if result.decision is not None:
-        d = result.decision
-        print(("ACCEPT: " if d.accept else "REJECT: ") + "; ".join(d.reasons))
-        return 0 if d.accept else EXIT_REJECTED
     failed = sum(m.failed for per in result.metrics.values() for m in per.values())
     if failed:
         log.error("%d test sample(s) could not be read (named above)", failed)
-        return 1
-    return 0
+    if result.decision is not None:
+        d = result.decision
+        print(("ACCEPT: " if d.accept else "REJECT: ") + "; ".join(d.reasons))
+        return 0 if d.accept else exit_on_reject
+    return 1 if failed else 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    return _evaluate(args, args.gate, exit_on_reject=0)
 
 
 def _gate(args: argparse.Namespace) -> int:
-    args.gate = True
-    return _eval(args)
+    return _evaluate(args, True, exit_on_reject=EXIT_REJECTED)
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -88,8 +147,15 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bar (logs only)")
 
 
+def _no_sedna(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--no-sedna", action="store_true", help="do not use kubeedge/sedna's lib even when it is installed"
+    )
+
+
 def _add_eval_args(p: argparse.ArgumentParser) -> None:
     _common(p)
+    _no_sedna(p)
     p.add_argument(
         "--model",
         dest="models",
@@ -139,10 +205,10 @@ def register(subparsers) -> None:
         help="extra index of earlier samples to replay; repeatable [$REPLAY_DATASET_URL]",
     )
     p.add_argument(
-        "--no-replay-original",
-        dest="replay_original",
-        action="store_false",
-        help="do not replay the Dataset index's earlier samples",
+        "--replay-original",
+        action="store_true",
+        help="also replay the Dataset index's other lines (only when it holds no evaluation samples: "
+        "Sedna puts a share of every round into its evaluation split and does not tell the train worker)",
     )
     p.add_argument("--kb-index", help="previous round's knowledge index or output dir [$CLOUD_KB_INDEX]")
     p.add_argument("--base-model", help="Segformer directory or hub id to start from [$BASE_MODEL_URL]")
@@ -164,8 +230,8 @@ def register(subparsers) -> None:
     p.add_argument(
         "--checkpoint-every", type=int, default=None, help="steps between checkpoints (default 100)"
     )
-    p.add_argument("--no-sedna", action="store_true", help="do not use the Sedna lib even when installed")
-    p.set_defaults(func=_train, initial_done=None)
+    _no_sedna(p)
+    p.set_defaults(func=_train)
 
     p = subparsers.add_parser(
         "eval",
@@ -176,7 +242,9 @@ def register(subparsers) -> None:
         formatter_class=fmt,
     )
     _add_eval_args(p)
-    p.add_argument("--gate", action="store_true", help="also run the deploy gate (writes gate.json)")
+    p.add_argument(
+        "--gate", action="store_true", help="also run the deploy gate (writes gate.json; exit 0 either way)"
+    )
     p.set_defaults(func=_eval)
 
     p = subparsers.add_parser(
@@ -187,4 +255,4 @@ def register(subparsers) -> None:
         formatter_class=fmt,
     )
     _add_eval_args(p)
-    p.set_defaults(func=_gate, gate=True)
+    p.set_defaults(func=_gate)

@@ -96,7 +96,7 @@ def calibrate(
     ``target_rate`` into the model's edge config. Returns (config, report)."""
     from tqdm import tqdm
 
-    from sedna_sam.edge.worker import resolve_model_dir
+    from sedna_sam.edge.model import resolve_model_dir
     from sedna_sam.errors import InputError
     from sedna_sam.images import read_image_rgb
     from sedna_sam.segformer import load_segformer
