@@ -2,6 +2,8 @@
 # Install sedna-sam and everything its tests and the local pipeline need, from scratch:
 #   .venv/     the product (torch + torchvision as one matching pair, then this package)
 #   .venv-ls/  Label Studio in its own venv (it pins Django and many packages)
+#   .venv/     also Sedna's lib v0.7.0 (scripts/install-sedna-lib.sh; SEDNA_SAM_SKIP_SEDNA_LIB=1 skips)
+#   .venv-kb/  Sedna's knowledge-base server in its own venv (it needs pydantic<2)
 #   chromium   Debian's browser, for the one browser test (root only; skipped otherwise)
 # Safe to rerun: finished steps are quick no-ops.
 set -euo pipefail
@@ -27,6 +29,21 @@ echo "[install] torch pair: $TORCH_SPEC"
 quiet .venv/bin/pip install -q $TORCH_SPEC
 echo "[install] sedna-sam[all,dev]"
 quiet .venv/bin/pip install -q -e ".[all,dev]"
+
+# Sedna's lib (kubeedge/sedna lib/, never PyPI's unrelated `sedna`) by the images' recipe, and
+# its knowledge-base server in its own venv (it needs pydantic<2).
+if [ -z "${SEDNA_SAM_SKIP_SEDNA_LIB:-}" ]; then
+  echo "[install] Sedna's lib in .venv"
+  quiet bash scripts/install-sedna-lib.sh .venv/bin/python
+  [ -x .venv-kb/bin/python ] || "$PY" -m venv .venv-kb
+  [ -f .venv-kb/.gitignore ] || echo "*" >.venv-kb/.gitignore  # as venv does from Python 3.13
+  echo "[install] Sedna's knowledge-base server in .venv-kb"
+  quiet bash scripts/install-sedna-lib.sh --kb-server .venv-kb/bin/python
+else
+  echo "[install] SEDNA_SAM_SKIP_SEDNA_LIB: no Sedna lib in .venv (workers run standalone, without" \
+    "Sedna's LifelongLearning path) and no .venv-kb (no local knowledge-base server);" \
+    "tests/test_sedna_install.py is skipped"
+fi
 
 if [ -z "${SEDNA_SAM_SKIP_LS:-}" ]; then
   [ -x .venv-ls/bin/python ] || "$PY" -m venv .venv-ls

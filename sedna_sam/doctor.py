@@ -25,8 +25,8 @@ from sedna_sam.sedna_compat import get_param, missing_env, role_env, split_urls,
 
 OK, WARN, FAIL = "OK", "WARN", "FAIL"
 SEDNA_LIB_INSTALL = (
-    'pip install --no-deps "git+https://github.com/kubeedge/sedna.git@v0.6.0#subdirectory=lib" '
-    "(as Dockerfile.cloud does)"
+    'scripts/install-sedna-lib.sh "$(command -v python3)" (kubeedge/sedna lib/ at v0.7.0 with the '
+    "requirements it really needs, as our Dockerfiles do)"
 )
 
 
@@ -86,7 +86,7 @@ def check_sedna_env(ctx: DoctorContext) -> list[CheckResult]:
     in_job = under_sedna(ctx.env)
     if not missing:
         spec = role_env(ctx.role)
-        return [CheckResult("sedna env", OK, f"{len(spec.sedna[:4] + spec.required)} required variables set")]
+        return [CheckResult("sedna env", OK, f"{len(spec.needed)} required variables set")]
     if in_job:
         return [
             CheckResult(
@@ -132,7 +132,14 @@ def check_sedna_lib(ctx: DoctorContext) -> list[CheckResult]:
                 "pip uninstall sedna (the PyPI `sedna` is an unrelated package), then " + SEDNA_LIB_INSTALL,
             )
         ]
-    return [CheckResult("sedna lib", OK, "kubeedge/sedna lib importable (sedna.core.lifelong_learning)")]
+    from sedna_sam.sedna_compat import sedna_lib_version
+
+    version = sedna_lib_version() or "unknown"
+    return [
+        CheckResult(
+            "sedna lib", OK, f"kubeedge/sedna lib {version} importable (sedna.core.lifelong_learning)"
+        )
+    ]
 
 
 @CHECKS.register("dirs")

@@ -22,7 +22,7 @@ from sedna_sam.errors import SednaSamError
 @dataclass(frozen=True)
 class DirAction:
     path: Path
-    action: str  # "created", "chowned", "ok"
+    action: str  # "created", "chowned", "ok", "skipped (...)"
 
 
 def parse_owner(text: str) -> tuple[int, int]:
@@ -34,13 +34,17 @@ def parse_owner(text: str) -> tuple[int, int]:
         raise SednaSamError(f"--owner {text!r}: expected numeric UID:GID such as 10001:10001") from None
 
 
-def prepare_dirs(paths: list[Path], uid: int, gid: int, mode: int = 0o755) -> list[DirAction]:
+def prepare_dirs(paths: list[str], uid: int, gid: int, mode: int = 0o755) -> list[DirAction]:
     """Make each directory exist and belong to ``uid:gid`` (created parents too, with the
-    same owner, so a worker can create siblings); returns what was done per directory."""
+    same owner, so a worker can create siblings); returns what was done per directory.
+    URLs (``s3://...``: an outputDir in object storage) are skipped: nothing to prepare."""
     actions: list[DirAction] = []
     am_root = os.geteuid() == 0
-    for path in paths:
-        path = Path(os.path.abspath(path))
+    for given in paths:
+        if "://" in str(given):
+            actions.append(DirAction(Path(str(given)), "skipped (not a host path)"))
+            continue
+        path = Path(os.path.abspath(given))
         missing = []
         p = path
         while not p.exists():
@@ -80,15 +84,3 @@ def _chown(path: Path, uid: int, gid: int, am_root: bool) -> None:
             f"{path}: owned by uid {path.stat().st_uid}, and only root can give it to {uid}:{gid}; run this as "
             f"root (an init container) or once on the node: sudo chown {uid}:{gid} {path}"
         ) from None
-
-
-def writable_by(path: Path, uid: int, gid: int) -> bool:
-    """Whether ``uid:gid`` may create entries in directory ``path`` (mode bits only)."""
-    st = path.stat()
-    if uid == 0:
-        return True
-    if st.st_uid == uid:
-        return bool(st.st_mode & 0o200)
-    if st.st_gid == gid:
-        return bool(st.st_mode & 0o020)
-    return bool(st.st_mode & 0o002)

@@ -46,7 +46,6 @@ log = logging.getLogger(__name__)
 MANIFEST_NAME = "sedna-sam-model.json"
 MODEL_MEMBER = "model"
 ARCHIVE_FORMAT = "sedna-sam-model/1"
-CACHE_ENV = "SEDNA_SAM_MODEL_CACHE"
 
 
 # ----------------------------------------------------------------------------- the archive
@@ -137,7 +136,7 @@ def file_sha256(path: str | Path) -> str:
 def cache_root() -> Path:
     """Where fetched and unpacked models live: $SEDNA_SAM_MODEL_CACHE, else a folder in
     the temp dir (writable in every pod of ours, read-only root file systems included)."""
-    root = os.environ.get(CACHE_ENV) or os.path.join(tempfile.gettempdir(), "sedna-sam-models")
+    root = os.environ.get("SEDNA_SAM_MODEL_CACHE") or os.path.join(tempfile.gettempdir(), "sedna-sam-models")
     return Path(root)
 
 

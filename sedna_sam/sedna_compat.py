@@ -6,11 +6,11 @@ the same way. Every sedna-sam worker reads them through :func:`get_param`, which
 a name up as given and then upper-cased, exactly like Sedna's
 ``Context.get_parameters`` (so ``unseen_save_url`` and ``UNSEEN_SAVE_URL`` both work).
 
-Sedna's Python lib is optional: it is installed from the kubeedge/sedna repository's
-``lib/`` directory in our Docker images (``pip install sedna`` gets an unrelated
-package). :func:`sedna_lib` try-imports it; :func:`register_utd_plugin` registers a
-corner-case scorer as a Sedna unseen-sample-recognition (``ClassType.UTD``) plug-in
-when it is present.
+Sedna's Python lib is optional: ``scripts/install-sedna-lib.sh`` installs it from the
+kubeedge/sedna repository's ``lib/`` (release v0.7.0) in our images and in development
+(``pip install sedna`` gets an unrelated package). :func:`sedna_lib` try-imports it; when
+it is there and a Sedna job started the process (:func:`under_sedna`), the workers run
+through it (:mod:`sedna_sam.sedna_job`).
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import os
 import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -53,6 +54,13 @@ ENV: dict[str, EnvVar] = {
         EnvVar("BACKEND_TYPE", "ML framework for Sedna's backend (PYTORCH for us)", "TENSORFLOW"),
         EnvVar("DEVICE_CATEGORY", "CPU or GPU", "CPU"),
         EnvVar("LOG_LEVEL", "DEBUG, INFO, WARNING, ERROR", "INFO"),
+        # read by Sedna's lib in every LifelongLearning (set by our templates or our defaults)
+        EnvVar(
+            "edge_output_url",
+            "local knowledge-base directory of Sedna's lib (writable)",
+            "<tmp>/sedna-sam-kb-<role>",
+        ),
+        EnvVar("MIN_TRAIN_SAMPLE", "Sedna trains a task only with this many samples (we set 1)", "10"),
         # object store (MinIO or any S3-compatible store), read by Sedna's FileOps and by us
         EnvVar("S3_ENDPOINT_URL", "S3-compatible endpoint URL for s3:// paths"),
         EnvVar("ACCESS_KEY_ID", "S3 access key (from a Secret)", secret=True),
@@ -74,6 +82,11 @@ ENV: dict[str, EnvVar] = {
         # ours, set by manifests/ (not Sedna names)
         EnvVar("SEDNA_SAM_STORE", "cloud store URL the shipper uploads flagged samples to"),
         EnvVar("NODE_NAME", "node name recorded in sample metadata (downward API spec.nodeName)"),
+        EnvVar(
+            "SEDNA_SAM_MODEL_CACHE",
+            "where fetched and unpacked model archives are kept",
+            "<tmp>/sedna-sam-models",
+        ),
         # ours, train/eval workers (container env of trainSpec/evalSpec; see sedna_sam.lifelong)
         EnvVar("BASE_MODEL_URL", "Segformer to fine-tune in the first round (directory or hub id)"),
         EnvVar("REPLAY_DATASET_URL", "extra txt index(es) of earlier samples to replay"),
@@ -89,7 +102,11 @@ ENV: dict[str, EnvVar] = {
     )
 }
 
+# What Sedna's global manager gives every worker (createPod); inference pods get no KB_SERVER
+# (createInferPod): they read the KB server's URLs from the deployed index instead.
 SEDNA_WORKER_ENV = ("NAMESPACE", "JOB_NAME", "WORKER_NAME", "LC_SERVER", "KB_SERVER")
+SEDNA_INFERENCE_ENV = ("NAMESPACE", "JOB_NAME", "WORKER_NAME", "LC_SERVER")
+LIB_ENV = ("edge_output_url", "MIN_TRAIN_SAMPLE", "SEDNA_SAM_MODEL_CACHE")
 STORE_ENV = ("S3_ENDPOINT_URL", "ACCESS_KEY_ID", "SECRET_ACCESS_KEY")
 
 
@@ -107,13 +124,22 @@ class RoleEnv:
     def names(self) -> tuple[str, ...]:
         return self.sedna + self.required + self.optional
 
+    @property
+    def needed(self) -> tuple[str, ...]:
+        """What a worker of this role cannot run without (KB_SERVER is optional: without
+        it Sedna's lib only logs that the upload to the knowledge base failed)."""
+        return tuple(n for n in self.sedna if n != "KB_SERVER") + self.required
+
 
 ROLE_ENV: dict[str, RoleEnv] = {
     "inference": RoleEnv(
         "inference",
-        SEDNA_WORKER_ENV,
+        SEDNA_INFERENCE_ENV,
         required=("MODEL_URLS",),
         optional=(
+            *LIB_ENV,
+            "OUTPUT_URL",
+            "DATA_PATH_PREFIX",
             "unseen_save_url",
             "INFERENCE_RESULT_DIR",
             "MODEL_POLL_PERIOD_SECONDS",
@@ -130,6 +156,7 @@ ROLE_ENV: dict[str, RoleEnv] = {
         SEDNA_WORKER_ENV,
         required=("TRAIN_DATASET_URL", "OUTPUT_URL"),
         optional=(
+            *LIB_ENV,
             "ORIGINAL_DATASET_URL",
             "HAS_COMPLETED_INITIAL_TRAINING",
             "CLOUD_KB_INDEX",
@@ -152,6 +179,7 @@ ROLE_ENV: dict[str, RoleEnv] = {
         SEDNA_WORKER_ENV,
         required=("MODEL_URLS", "TEST_DATASET_URL", "OUTPUT_URL"),
         optional=(
+            *LIB_ENV,
             "ORIGINAL_DATASET_URL",
             "OLD_TEST_DATASET_URL",
             "BASELINE_MODEL_URL",
@@ -197,9 +225,8 @@ def redacted(values: Mapping[str, str]) -> dict[str, str]:
 
 
 def missing_env(role: str, env: Mapping[str, str] | None = None) -> list[str]:
-    """Names a Sedna worker of this role needs and does not have."""
-    spec = role_env(role)
-    return [n for n in spec.sedna[:4] + spec.required if get_param(n, env=env) is None]
+    """Names a Sedna worker of this role needs and does not have (:attr:`RoleEnv.needed`)."""
+    return [n for n in role_env(role).needed if get_param(n, env=env) is None]
 
 
 def role_env(role: str) -> RoleEnv:
@@ -212,6 +239,18 @@ def role_env(role: str) -> RoleEnv:
 def under_sedna(env: Mapping[str, str] | None = None) -> bool:
     """True when a Sedna job started this process (the global manager sets both)."""
     return bool(get_param("JOB_NAME", env=env) and get_param("WORKER_NAME", env=env))
+
+
+def container_path(url: str, env: Mapping[str, str] | None = None) -> Path:
+    """Where a host path URL is inside a Sedna worker pod. Sedna's global manager hands
+    every URL over as DATA_PATH_PREFIX (/home/data) + host path, except CLOUD_KB_INDEX,
+    which stays a host path: a path that is not there (nor its directory) is looked up
+    under the prefix."""
+    path = Path(url[len("file://") :] if url.startswith("file://") else url)
+    if path.exists() or path.parent.is_dir() or not path.is_absolute():
+        return path
+    prefix = (get_param("DATA_PATH_PREFIX", "/home/data", env=env) or "").rstrip("/")
+    return Path(prefix + str(path)) if prefix else path
 
 
 def split_urls(value: str) -> list[str]:
@@ -246,17 +285,74 @@ def sedna_lib() -> Any | None:
     """The kubeedge/sedna lib's ``sedna`` package, or None when it is not installed.
 
     A package named ``sedna`` without ``sedna.core.lifelong_learning`` (the unrelated
-    PyPI one) counts as absent, with a warning.
+    PyPI one) counts as absent, with a warning. The lib counts as present only when
+    ``sedna.core.lifelong_learning`` (what the Sedna path runs) and
+    ``sedna.common.class_factory`` (where plug-ins register) import; that takes a while
+    (the result is cached), and a lib whose requirements are missing counts as absent,
+    with a warning.
     """
     try:
         module = importlib.import_module("sedna")
-        importlib.import_module("sedna.common.class_factory")
     except ImportError:
         return None
     except Exception as exc:  # the lib imports many things at import time; report, don't crash
         log.warning("the sedna lib is installed but fails to import (%s); running without it", exc)
         return None
+    try:
+        importlib.import_module("sedna.core.lifelong_learning")
+        importlib.import_module("sedna.common.class_factory")
+    except ModuleNotFoundError as exc:
+        if exc.name in ("sedna.core", "sedna.core.lifelong_learning", "sedna.common"):
+            log.warning(
+                "the package named `sedna` at %s is not KubeEdge Sedna's lib (no %s; PyPI's `sedna` "
+                "is an unrelated project); running without it",
+                getattr(module, "__file__", "?"),
+                exc.name,
+            )
+        else:
+            log.warning("the sedna lib is installed but fails to import (%s); running without it", exc)
+        return None
+    except Exception as exc:  # e.g. a requirement of the lib missing or too new
+        log.warning("the sedna lib is installed but fails to import (%s); running without it", exc)
+        return None
     return module
+
+
+def sedna_lib_version() -> str | None:
+    """Which kubeedge/sedna release is installed, or None when the lib is absent.
+
+    The line ``scripts/install-sedna-lib.sh`` records in ``SEDNA_SAM_SOURCE_TAG`` next to
+    the installed package (``"v0.7.0 sha256:..."``: tag, then source), since the lib's
+    own version says 0.4.1 at v0.7.0; else ``"unknown (lib version X)"`` from
+    ``sedna.__version__``. A ``sedna`` without ``core/lifelong_learning`` (the unrelated
+    PyPI package) counts as absent. Reads files only, except for the fallback, which
+    imports ``sedna``.
+    """
+    import importlib.util
+
+    try:
+        spec = importlib.util.find_spec("sedna")
+    except (ImportError, ValueError):  # a broken parent or a module without __spec__
+        return None
+    dirs = [
+        d
+        for d in (spec.submodule_search_locations or [] if spec else [])
+        if os.path.isfile(os.path.join(d, "core", "lifelong_learning", "__init__.py"))
+    ]
+    if not dirs:
+        return None
+    try:
+        with open(os.path.join(dirs[0], "SEDNA_SAM_SOURCE_TAG"), encoding="utf-8") as f:
+            line = f.readline().strip()
+    except OSError:
+        line = ""
+    if line:
+        return line
+    try:
+        version = getattr(importlib.import_module("sedna"), "__version__", None)
+    except Exception:  # the lib imports many things at import time
+        version = None
+    return f"unknown (lib version {version or '?'})"
 
 
 def sedna_available() -> bool:

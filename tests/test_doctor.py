@@ -48,14 +48,21 @@ def test_sedna_env_ok_fail_warn():
     assert local.status == WARN and "MODEL_URLS" in local.detail
 
 
+def forget_sedna_modules(monkeypatch) -> None:
+    """Make the next `import sedna...` look again (other tests imported the real lib)."""
+    for name in [m for m in sys.modules if m == "sedna" or m.startswith("sedna.")]:
+        monkeypatch.delitem(sys.modules, name)
+
+
 def test_sedna_lib_missing_or_the_wrong_package(tmp_path, monkeypatch):
     monkeypatch.setattr(sys, "path", [p for p in sys.path if "sedna" not in p])
+    forget_sedna_modules(monkeypatch)
     if doctor.importlib.util.find_spec("sedna") is None:
         assert one(DoctorContext("edge", env={}), "sedna-lib").status == WARN
     # The unrelated PyPI `sedna` is a plain module without sedna.core.
     (tmp_path / "sedna.py").write_text("x = 1\n")
     monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.delitem(sys.modules, "sedna", raising=False)
+    forget_sedna_modules(monkeypatch)
     result = one(DoctorContext("edge", env={}), "sedna-lib")
     assert result.status == FAIL and "pip uninstall sedna" in result.fix
     # A package laid out like kubeedge/sedna's lib.
@@ -64,7 +71,7 @@ def test_sedna_lib_missing_or_the_wrong_package(tmp_path, monkeypatch):
     for d in (pkg.parent.parent, pkg.parent, pkg):
         (d / "__init__.py").write_text("")
     monkeypatch.syspath_prepend(str(tmp_path / "real"))
-    monkeypatch.delitem(sys.modules, "sedna", raising=False)
+    forget_sedna_modules(monkeypatch)
     assert one(DoctorContext("edge", env={}), "sedna-lib").status == OK
 
 

@@ -18,8 +18,10 @@ from sedna_sam.errors import SednaSamError
 
 
 def test_role_env_names_match_sednas_contract():
-    for role in ("inference", "train", "eval"):
+    for role in ("train", "eval"):
         assert sc.role_env(role).sedna == ("NAMESPACE", "JOB_NAME", "WORKER_NAME", "LC_SERVER", "KB_SERVER")
+    # createInferPod gives inference workers no KB_SERVER
+    assert sc.role_env("inference").sedna == ("NAMESPACE", "JOB_NAME", "WORKER_NAME", "LC_SERVER")
     assert sc.role_env("edge") is sc.role_env("inference")
     inference = sc.role_env("inference").names
     for name in (
@@ -29,6 +31,7 @@ def test_role_env_names_match_sednas_contract():
         "S3_ENDPOINT_URL",
         "ACCESS_KEY_ID",
         "LOG_LEVEL",
+        "edge_output_url",
     ):
         assert name in inference
     train = sc.role_env("train").names

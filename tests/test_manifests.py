@@ -39,7 +39,7 @@ GM_ENV = {
     "train": GM_ENV_ALL | {"TRAIN_DATASET_URL", "ORIGINAL_DATASET_URL", "OUTPUT_URL",
                            "HAS_COMPLETED_INITIAL_TRAINING", "CLOUD_KB_INDEX"},
     "eval": GM_ENV_ALL | {"MODEL_URLS", "TEST_DATASET_URL", "ORIGINAL_DATASET_URL", "OUTPUT_URL"},
-    "edge": GM_ENV_ALL | {"MODEL_URLS"},
+    "edge": (GM_ENV_ALL - {"KB_SERVER"}) | {"MODEL_URLS", "OUTPUT_URL"},
     "cloud": set(),
     "cloud-init": set(),
 }  # fmt: skip
@@ -421,7 +421,7 @@ def test_contract_required_env_is_set_by_sedna_or_the_template(overlay):
         if role not in ("train", "eval", "edge"):
             continue
         spec = role_env(role)
-        missing = sorted(set(spec.sedna[:4] + spec.required) - set(env_names(c)) - GM_ENV[role])
+        missing = sorted(set(spec.needed) - set(env_names(c)) - GM_ENV[role])
         assert not missing, f"{where}/{c['name']}: the {role} worker needs {missing}; nothing sets them"
 
 
@@ -609,13 +609,59 @@ def test_sedna_volumes_on_the_edge():
     spec = job["spec"]["deploySpec"]["template"]["spec"]
     edge = spec["containers"][0]
     env = {e["name"]: e.get("value") for e in edge["env"]}
-    mounts = {m["mountPath"]: m["name"] for m in edge["volumeMounts"]}
     volumes = {v["name"]: v for v in spec["volumes"]}
-    for name in ("unseen_save_url", "INFERENCE_RESULT_DIR"):
-        assert env[name] in mounts, f"{name}={env[name]} is not a mounted volume"
-        assert "hostPath" in volumes[mounts[env[name]]], f"{name} must survive pod restarts (hostPath)"
+    host_mounts = [m["mountPath"] for m in edge["volumeMounts"] if "hostPath" in volumes[m["name"]]]
+    for name in ("unseen_save_url", "INFERENCE_RESULT_DIR", "edge_output_url"):
+        assert any(env[name] == m or env[name].startswith(m + "/") for m in host_mounts), (
+            f"{name}={env[name]} must be on a hostPath volume (it must survive pod restarts; the root file "
+            "system is read-only)"
+        )
     node = next(e for e in edge["env"] if e["name"] == "NODE_NAME")
     assert node["valueFrom"]["fieldRef"]["fieldPath"] == "spec.nodeName"
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_job_host_paths_and_the_init_dirs_container(overlay):
+    """Host paths are mounted at the same path in the pods (what tests/test_sedna_job.py
+    emulates), and the one container that runs as root is `sedna-sam init-dirs`, with only
+    CHOWN and DAC_OVERRIDE, handing over exactly the directories the workers write to."""
+    job = next(d for d in render(f"overlays/{overlay}") if d["kind"] == "LifelongLearningJob")
+    settings = yaml.safe_load(
+        (MANIFESTS / "overlays" / overlay / "settings.yaml").read_text(encoding="utf-8")
+    )
+    output = job["spec"]["outputDir"]
+    if "://" not in output:
+        assert output.startswith(settings["dataRoot"].rstrip("/") + "/"), (
+            "a local outputDir must be inside dataRoot: the init-dirs container prepares it through that mount"
+        )
+    for part in ("trainSpec", "evalSpec", "deploySpec"):
+        spec = job["spec"][part]["template"]["spec"]
+        volumes = {v["name"]: v for v in spec.get("volumes", [])}
+        for c in spec.get("initContainers", []) + spec["containers"]:
+            for m in c.get("volumeMounts", []):
+                host = volumes[m["name"]].get("hostPath")
+                if host is not None:
+                    assert m["mountPath"] == host["path"], f"{part}/{c['name']}: hostPath mounted elsewhere"
+        (init,) = spec["initContainers"]
+        sc = init["securityContext"]
+        assert init["command"] == ["sedna-sam"] and init["args"][:3] == [
+            "init-dirs",
+            "--owner",
+            "10001:10001",
+        ]
+        assert sc["runAsUser"] == 0 and sc["capabilities"]["drop"] == ["ALL"]
+        assert set(sc["capabilities"]["add"]) <= {"CHOWN", "DAC_OVERRIDE"}
+        assert sc["allowPrivilegeEscalation"] is False
+        for c in spec["containers"]:
+            assert c.get("securityContext", {}).get("runAsUser", 10001) != 0, (
+                f"{part}/{c['name']} runs as root"
+            )
+        dirs = init["args"][3:]
+        if part == "deploySpec":
+            env = {e["name"]: e.get("value") for e in spec["containers"][0]["env"]}
+            assert {env["edge_output_url"], env["unseen_save_url"], env["INFERENCE_RESULT_DIR"]} <= set(dirs)
+        else:
+            assert dirs == [f"{output.rstrip('/')}/train", f"{output.rstrip('/')}/eval"]
 
 
 # ---------------------------------------------------------------------------- secrets

@@ -27,8 +27,6 @@ def register(subparsers) -> None:
 
 
 def cmd_init_dirs(args) -> int:
-    from pathlib import Path
-
     from sedna_sam.errors import SednaSamError
     from sedna_sam.hostdirs import parse_owner, prepare_dirs
 
@@ -37,6 +35,6 @@ def cmd_init_dirs(args) -> int:
         mode = int(args.mode, 8)
     except ValueError:
         raise SednaSamError(f"--mode {args.mode!r}: expected octal such as 0755") from None
-    for a in prepare_dirs([Path(d) for d in args.dirs], uid, gid, mode):
+    for a in prepare_dirs(args.dirs, uid, gid, mode):
         print(f"{a.action:8s} {a.path}", flush=True)
     return 0

@@ -160,7 +160,10 @@ def run_with_sedna_lib(settings: WorkerSettings, stop: threading.Event | None = 
     worker = EdgeWorker(settings, load_model=False)
     estimator = EdgeEstimator(settings.device, settings.scorer, settings.threshold)
     method = utd_alias(settings.scorer) if settings.scorer else CALIBRATED_RECOGNITION
-    recognition = {"method": method, "param": {"threshold": settings.threshold} if settings.threshold is not None else {}}
+    recognition = {
+        "method": method,
+        "param": {"threshold": settings.threshold} if settings.threshold is not None else {},
+    }
     ll = runtime.lifelong_learning(estimator, unseen_estimator=estimator, recognition=recognition)
     kept: dict[str, bool] = {}
     frames: dict[str, Frame] = {}

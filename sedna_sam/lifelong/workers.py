@@ -103,15 +103,6 @@ def local_path(url: str) -> str:
     return url[len("file://") :] if url.startswith("file://") else url
 
 
-def _container_path(url: str, env: Mapping[str, str] | None) -> Path:
-    # TODO(move to sedna_compat): CLOUD_KB_INDEX is a host path without DATA_PATH_PREFIX
-    path = Path(local_path(url))
-    if path.exists() or path.parent.is_dir():
-        return path
-    prefix = (sedna_compat.get_param("DATA_PATH_PREFIX", "/home/data", env=env) or "").rstrip("/")
-    return Path(prefix + str(path)) if prefix and path.is_absolute() else path
-
-
 def _previous_round(
     kb_index: str | None, env: Mapping[str, str] | None
 ) -> tuple[list[ds.Sample], Path | None]:
@@ -120,7 +111,7 @@ def _previous_round(
     Sedna's lib the previous model and its knowledge come from the knowledge base itself.)"""
     if not kb_index:
         return [], None
-    path = _container_path(kb_index, env)
+    path = sedna_compat.container_path(kb_index, env)
     round_dir = path if path.is_dir() else path.parent
     txt = path if path.suffix == ".txt" else round_dir / REPLAY_INDEX_NAME
     if not txt.is_file():
