@@ -963,10 +963,10 @@ def _install(config):
         raise PermissionError(f"{{path}}: {{why}} in pod {{pod}} (mounts: {{summary}})")
 
     def check_mounts(path, mounts, write):
-        for top, writable in mounts:
+        for top, writable, label in mounts:
             if under(path, top):
                 if write and not writable:
-                    deny(path, f"read-only mount {{top}}")
+                    deny(path, f"write to {{label}}")
                 return
         deny(path, "not mounted")
 
@@ -1096,12 +1096,6 @@ def _now_rfc3339() -> str:
     return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def _set_mode(path: Path, mode: int, uid: int | None = None, gid: int | None = None) -> None:
-    if uid is not None and os.geteuid() == 0:
-        os.chown(path, uid, gid if gid is not None else -1)
-    os.chmod(path, mode)
-
-
 def _mkdir_p(path: Path, mode: int = 0o755) -> None:
     """Go's os.MkdirAll as a root process with umask 022 would run it: every directory it creates
     is 0755 (set explicitly, so the test's umask does not matter)."""
@@ -1143,6 +1137,11 @@ def _can_execute(uid: int, gids: set[int], path: str, depth: int = 0) -> bool:
     return True
 
 
+def _container_exit_code(returncode: int) -> int:
+    """A container killed by signal N exits 128 + N, as the kubelet reports it (137 for SIGKILL)."""
+    return 128 - returncode if returncode < 0 else returncode
+
+
 def _rewrite_prefix(value: str, mapping: dict[str, str]) -> str:
     """Rewrite a value that starts with an emptyDir mountPath to that volume's private directory."""
     for top in sorted(mapping, key=len, reverse=True):
@@ -1165,6 +1164,13 @@ class SednaCluster:
     image's ENV (e.g. PATH with the venv's bin first): the lowest layer of every container's
     environment, overridden by the pod spec's env as in a container. ``image_user`` is the
     image's USER (uid, gid), used when no securityContext sets runAsUser.
+
+    ``run_as_root_uid_from_template=False`` runs every container as the test's own user even when
+    it is root. ``secrets`` holds the Kubernetes secrets (name -> key -> value) that secretKeyRef
+    env and credentialName may name. A container that keeps failing is restarted ``max_restarts``
+    times before :class:`PodCrashLoop`; a train/eval container running longer than
+    ``pod_timeout_s`` is killed (:class:`EmulatorError`). ``seed`` makes the random pod and worker
+    name suffixes reproducible. The LC server starts at once; call :meth:`close` (or use ``with``).
     """
 
     def __init__(
@@ -2376,13 +2382,14 @@ class SednaCluster:
                 code = self._wait_process(pod, self._spawn(pod, launch), launch)
                 if code == 0:
                     break
-                attempts += 1
+                pod.exit_codes.append(code)
                 if pod_spec["restartPolicy"] == "Never":
                     pod.phase = "Failed"
-                    pod.exit_codes.append(code)
                     return None
-                if attempts > self.max_restarts:
+                if attempts >= self.max_restarts:
                     self._crash_loop(pod, f"init container {init.get('name')} exited {code}")
+                attempts += 1
+                pod.restarts += 1
         launch = self._kubelet_prepare(pod, pod_spec["containers"][0], volumes)
         pod.env, pod.argv, pod.cwd = launch.env, launch.argv, launch.cwd
         pod.uid, pod.gid, pod.groups = launch.uid, launch.gid, launch.groups
@@ -2631,9 +2638,17 @@ class SednaCluster:
     def _write_sitecustomize(
         self, pod: Pod, site: Path, mounts: list[Mount], empty_dirs: dict[str, str], readonly_rootfs: bool
     ) -> None:
-        gm = [[m.container_path.rstrip("/") or "/", not m.read_only] for m in mounts if m.source == "gm"]
-        host = [[m.host_path.rstrip("/") or "/", not m.read_only] for m in mounts if m.source != "gm"]
-        host.append([str(site), False])
+        def entry(path: str, mount: Mount) -> list[Any]:
+            label = (
+                "the read-only root filesystem (readOnlyRootFilesystem)"
+                if mount.source == "rootfs"
+                else f"read-only mount {mount.container_path}"
+            )
+            return [path.rstrip("/") or "/", not mount.read_only, label]
+
+        gm = [entry(m.container_path, m) for m in mounts if m.source == "gm"]
+        host = [entry(m.host_path, m) for m in mounts if m.source != "gm"]
+        host.append([str(site), False, "the emulator's sitecustomize"])
         summary = ", ".join(
             f"{m.container_path}{' (ro)' if m.read_only else ''}"
             for m in mounts
@@ -2684,7 +2699,8 @@ class SednaCluster:
                 pod.warnings.append("setpriv not found: capabilities are not emulated")
                 kwargs.update(user=launch.uid, group=launch.gid, extra_groups=launch.groups)
         with open(pod.log_path, "ab") as log:
-            log.write(f"[emulator] start container {launch.container_name}: {launch.argv}\n".encode())
+            shown = [a if len(a) <= 120 else a[:117] + "..." for a in launch.argv]
+            log.write(f"[emulator] start container {launch.container_name}: {shown}\n".encode())
             log.flush()
             return subprocess.Popen(
                 argv,
@@ -2704,6 +2720,7 @@ class SednaCluster:
         while True:
             code = process.poll()
             if code is not None:
+                code = _container_exit_code(code)
                 break
             if time.monotonic() > deadline:
                 self._kill_group(pod, process)
@@ -2748,6 +2765,7 @@ class SednaCluster:
             code = pod.process.poll()
             if code is None:
                 continue
+            code = _container_exit_code(code)
             self._kill_group(pod)
             pod.exit_codes.append(code)
             policy = pod.spec["spec"]["restartPolicy"]
@@ -2789,15 +2807,16 @@ class SednaCluster:
             return
         process.send_signal(signal.SIGTERM)
         try:
-            code = process.wait(timeout=grace_s)
+            process.wait(timeout=grace_s)
         except subprocess.TimeoutExpired:
             pod.sigkilled = True
             self._kill_group(pod)
-            code = process.wait()
+            process.wait()
             note = f"pod {pod.name} ignored SIGTERM for {grace_s} s and was SIGKILLed"
             self.warnings.append(note)
             with open(pod.log_path, "ab") as log:
                 log.write(f"[emulator] {note}\n".encode())
         self._kill_group(pod)
+        code = _container_exit_code(process.returncode)
         pod.exit_codes.append(code)
         pod.phase = "Succeeded" if code == 0 else "Failed"

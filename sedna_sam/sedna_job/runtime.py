@@ -23,6 +23,7 @@ import os
 import shutil
 import sys
 import tempfile
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -54,6 +55,9 @@ def prepare_env(role: str, env: dict[str, str] | None = None) -> dict[str, str]:
     break training, and when ``edge_output_url`` cannot be created.
     """
     env = os.environ if env is None else env
+    # The lib warns "PYTORCH Not Support yet, use itself" at every backend it builds: that is
+    # exactly the plain backend we want (see the module doc), not something to act on.
+    warnings.filterwarnings("ignore", message=r".*Not Support yet, use itself")
     changed: dict[str, str] = {}
     backend = (env.get("BACKEND_TYPE") or "").strip()
     if not backend:
