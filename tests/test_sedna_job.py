@@ -380,3 +380,127 @@ def test_workers_stop_within_10_seconds_on_sigterm(cluster: SednaCluster, host: 
                 proc.kill()
                 proc.wait()
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+class RecordingLC:
+    """A local controller endpoint that keeps what workers report (the S3 test below has
+    no emulated job: the storage initializer that fetches S3 URLs is not emulated)."""
+
+    def __init__(self) -> None:
+        import http.server
+        import threading
+
+        self.reports: list[dict] = []
+        reports = self.reports
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self):  # noqa: N802 - http.server's name
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                reports.append(json.loads(body))
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.end_headers()
+                self.wfile.write(b'{"Status": 200, "Message": "OK"}')
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+
+
+def test_train_and_eval_with_the_output_dir_in_s3(tmp_path, local_s3, sedna_kb_server):
+    """outputDir in S3 (overlay gpu-cloud-edge): the lib uploads model and index with its MinIO
+    client, eval reads the index the storage initializer fetched, keeps its decision and the
+    accepted model in S3 and reports s3:// URLs (what GM gives the pods: createPod; secret env:
+    runtime/secret_injector.go buildS3SecretEnvs)."""
+    import boto3
+    from fixtures_lifelong import render_domain
+
+    from sedna_sam.labels import cityscapes
+    from sedna_sam.lifelong.data import write_index
+    from sedna_sam.segformer import build_tiny_segformer
+
+    local_s3.create_bucket("sedna-sam")
+    s3 = boto3.client(
+        "s3",
+        endpoint_url=local_s3.endpoint,
+        aws_access_key_id="test-key",
+        aws_secret_access_key="test-secret",
+    )
+    data = tmp_path / "dataset"
+    pairs = render_domain(data, "A", range(0, 8), cityscapes())
+    write_index(data / "index.txt", pairs)
+    write_index(tmp_path / "train.txt", pairs[:6])
+    write_index(tmp_path / "eval.txt", pairs[6:])
+    base = build_tiny_segformer(tmp_path / "base", cityscapes(), seed=0, input_size=(64, 128))
+    lc = RecordingLC()
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "NAMESPACE": "ns",
+        "JOB_NAME": "job",
+        "LC_SERVER": lc.url,
+        "KB_SERVER": sedna_kb_server,
+        "BACKEND_TYPE": "PYTORCH",
+        "DATA_PATH_PREFIX": "/home/data",
+        "ORIGINAL_DATASET_URL": str(data / "index.txt"),
+        "SEDNA_SAM_MODEL_CACHE": str(tmp_path / "cache"),
+    }
+
+    def run(args: list[str], **extra: str) -> None:
+        out = subprocess.run(
+            [sys.executable, "-m", "sedna_sam", *args, "--no-progress"],
+            env={**env, **extra},
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-5000:]
+
+    try:
+        run(
+            ["train"],
+            WORKER_NAME="train-worker-s3",
+            HAS_COMPLETED_INITIAL_TRAINING="false",
+            TRAIN_DATASET_URL=str(tmp_path / "train.txt"),
+            OUTPUT_URL="s3://sedna-sam/lifelong/train/1",
+            BASE_MODEL_URL=str(base),
+            TRAIN_STEPS="2",
+            BATCH_SIZE="2",
+        )
+        (train_report,) = lc.reports
+        assert train_report["results"][0]["url"] == "s3://sedna-sam/lifelong/train/1/index.pkl"
+        keys = {o["Key"] for o in s3.list_objects_v2(Bucket="sedna-sam")["Contents"]}
+        assert "lifelong/train/1/index.pkl" in keys and "lifelong/train/1/train_report.json" in keys
+        assert any(k.startswith("lifelong/train/1/seen_task/segformer-") for k in keys)
+        # the storage initializer downloads MODEL_URLS before the eval container starts
+        index = tmp_path / "downloads" / "index.pkl"
+        index.parent.mkdir()
+        s3.download_file("sedna-sam", "lifelong/train/1/index.pkl", str(index))
+        for n in (1, 2):
+            run(
+                ["eval", "--gate", "--allow-missing-old"],
+                WORKER_NAME=f"eval-worker-s3-{n}",
+                MODEL_URLS=str(index),
+                TEST_DATASET_URL=str(tmp_path / "eval.txt"),
+                OUTPUT_URL=f"s3://sedna-sam/lifelong/eval/{n}",
+                GATE_MIN_NEW_GAIN="1.0",
+            )
+        first, second = lc.reports[1:]
+        assert (
+            first["results"][0]["url"] == "s3://sedna-sam/lifelong/eval/1/index.pkl"
+        )  # the first is accepted
+        assert "results" not in second  # the same model again cannot gain a whole mIoU point
+        keys = {o["Key"] for o in s3.list_objects_v2(Bucket="sedna-sam")["Contents"]}
+        assert {"lifelong/eval/accepted.json", "lifelong/eval/accepted.model"} <= keys
+        assert {f"lifelong/eval/{n}/{f}" for n in (1, 2) for f in ("gate.json", "metrics.json")} <= keys
+        gate2 = json.loads(s3.get_object(Bucket="sedna-sam", Key="lifelong/eval/2/gate.json")["Body"].read())
+        assert gate2["accept"] is False and gate2["baseline"]
+    finally:
+        lc.close()

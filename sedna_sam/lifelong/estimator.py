@@ -3,7 +3,8 @@
 :class:`SegformerEstimator` has the methods Sedna's ``LifelongLearning`` calls on an
 estimator: ``train``, ``evaluate``, ``predict``, ``load``, ``save``. Sedna hands it data
 sources whose ``x``/``y`` are the raw path tokens of its txt index lines; relative ones
-resolve against ``data_root`` (the Dataset index's directory, as in Sedna's examples).
+resolve against ``data_roots``: the Dataset index's directory first (Sedna's local
+controller copies its lines as they are), then the round's own index directory.
 
 ``save`` writes ONE file (:func:`sedna_sam.model_files.pack_model`): Sedna's KB client
 uploads files only, and the edge downloads what the KB recorded. The archive carries the
@@ -34,15 +35,16 @@ KNOWLEDGE_MEMBER = "knowledge_index.txt"
 REPORT_MEMBER = "train_report.json"
 
 
-def as_samples(data: Any, data_root: Path | None = None) -> list[ds.Sample]:
+def as_samples(data: Any, data_roots: Sequence[Path] = ()) -> list[ds.Sample]:
     """Samples from what Sedna or a caller hands an estimator: Samples, (image, label)
     pairs, an index path, or a Sedna data source (``.x`` image tokens, ``.y`` label
-    tokens, as its TxtDataParse reads them). Tokens resolve like index lines do."""
+    tokens, as its TxtDataParse reads them). Relative tokens resolve against the first of
+    ``data_roots`` (then the current directory) where the file exists."""
     if data is None:
         return []
     if isinstance(data, (str, Path)):
-        return ds.read_index(data, data_root=data_root)
-    bases = ([data_root] if data_root else []) + [Path.cwd()]
+        return ds.read_index(data, data_root=data_roots[0] if data_roots else None)
+    bases = [*data_roots, Path.cwd()]
     if hasattr(data, "x") and hasattr(data, "y"):  # sedna.datasources.BaseDataSource
         xs = list(data.x)
         ys = list(data.y) if data.y is not None and len(data.y) else [None] * len(xs)
@@ -84,7 +86,7 @@ class SegformerEstimator:
     work_dir: Path = Path("sedna-sam-train")
     device: str | None = None
     progress: bool = True
-    data_root: Path | None = None
+    data_roots: list[Path] = field(default_factory=list)  # where relative sample paths resolve
     extra_replay: list[ds.Sample] = field(default_factory=list)
     knowledge: list[ds.Sample] = field(default_factory=list)  # what the current model learned from
     last_result: TrainResult | None = None
@@ -100,7 +102,7 @@ class SegformerEstimator:
     def train(self, train_data, valid_data=None, **kwargs) -> dict:
         """Fine-tune on ``train_data`` with replay; returns the training report (and the
         validation metrics when ``valid_data`` is given)."""
-        new = as_samples(train_data, self.data_root)
+        new = as_samples(train_data, self.data_roots)
         new_keys = {(s.image, s.label) for s in new}
         replay = [s for s in self.replay if (s.image, s.label) not in new_keys]
         result = train_segformer(
@@ -123,7 +125,7 @@ class SegformerEstimator:
 
     def evaluate(self, data, **kwargs) -> dict:
         """Metrics dict (mIoU, pixel accuracy, per-class IoU, confusion) on labelled samples."""
-        return evaluate_segformer(self._model(), as_samples(data, self.data_root), self.progress).to_json()
+        return evaluate_segformer(self._model(), as_samples(data, self.data_roots), self.progress).to_json()
 
     def predict(self, data, **kwargs) -> list[np.ndarray]:
         """(H, W) int64 class-id maps for images: (H, W, 3) uint8 arrays or image paths."""

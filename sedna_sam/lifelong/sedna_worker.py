@@ -38,6 +38,8 @@ from sedna_sam.lifelong.workers import (
     eval_inputs,
     evaluate_models,
     gate_from_metrics,
+    is_remote,
+    local_path,
     make_estimator,
     upload_outputs,
     write_metrics,
@@ -55,8 +57,6 @@ def train_under_sedna(plan: TrainPlan, options: TrainOptions) -> dict:
     """One train round through ``LifelongLearning.train`` (see the module doc)."""
     from sedna.datasources import TxtDataParse  # type: ignore[import-not-found]
 
-    from sedna_sam import sedna_compat
-
     runtime.prepare_env("train")
     if not plan.new:
         raise SednaSamError("the round's training index is empty: nothing to train")
@@ -68,9 +68,8 @@ def train_under_sedna(plan: TrainPlan, options: TrainOptions) -> dict:
             f"its parent as root: run `sedna-sam init-dirs` as an init container (our manifests do)"
         ) from None
     estimator = make_estimator(plan, options)
-    train_url = sedna_compat.get_param("TRAIN_DATASET_URL") or ""
     data = TxtDataParse(data_type="train")
-    data.parse(options.train_index or train_url)
+    data.parse(plan.train_index)
     with runtime.lib_workspace():
         ll = runtime.lifelong_learning(estimator)
         result = ll.train(data)
@@ -93,28 +92,58 @@ def _uid() -> int:
 # ----------------------------------------------------------------------------- eval
 
 
-def accepted_record(output: Path) -> dict | None:
-    """The last accepted model of this job (kept beside the eval rounds), or None."""
-    path = output.parent / ACCEPTED_NAME
+def parent_url(url: str) -> str:
+    """The directory of a local path or an s3:// URL (where the job's eval rounds live)."""
+    return url.rstrip("/").rsplit("/", 1)[0]
+
+
+def accepted_record(output_url: str) -> dict | None:
+    """The last model this job's gate accepted (kept beside the eval rounds, locally or in
+    S3), or None; ``record["model"]`` is a local copy of it to evaluate."""
+    from sedna_sam.model_files import fetch_remote
+
+    base = parent_url(output_url)
+    record_url, model_url = f"{base}/{ACCEPTED_NAME}", f"{base}/{ACCEPTED_MODEL}"
+    if not is_remote(output_url):
+        path, model = Path(local_path(record_url)), Path(local_path(model_url))
+        try:
+            text = path.read_text()
+        except FileNotFoundError:
+            return None
+    else:
+        from sedna_sam.storage import url_filesystem
+
+        fs, path_in_fs = url_filesystem(record_url)
+        if not fs.exists(path_in_fs):
+            return None
+        text = fs.cat_file(path_in_fs).decode()
+        model = fetch_remote(model_url)
     try:
-        record = json.loads(path.read_text())
-    except FileNotFoundError:
-        return None
+        record = json.loads(text)
     except ValueError as exc:
-        raise SednaSamError(f"{path}: not valid JSON ({exc}); delete it to start the gate afresh") from None
-    model = output.parent / ACCEPTED_MODEL
-    if not model.is_file():
-        log.warning("%s names a model but %s is missing; no baseline", path, model)
+        raise SednaSamError(
+            f"{record_url}: not valid JSON ({exc}); delete it to start the gate afresh"
+        ) from None
+    if not Path(model).is_file():
+        log.warning("%s names a model but %s is missing; no baseline", record_url, model_url)
         return None
     record["model"] = str(model)
     return record
 
 
-def keep_accepted(output: Path, candidate_archive: Path, record: dict) -> None:
+def keep_accepted(output_url: str, candidate_archive: Path, record: dict) -> None:
     """Remember the accepted model (copy first, record last: a killed worker leaves the
     old pair or the new model beside the old record, never a record without its model)."""
-    atomic_write_bytes(output.parent / ACCEPTED_MODEL, candidate_archive.read_bytes())
-    atomic_write_json(output.parent / ACCEPTED_NAME, record, indent=2)
+    base = parent_url(output_url)
+    if not is_remote(output_url):
+        atomic_write_bytes(Path(local_path(base)) / ACCEPTED_MODEL, candidate_archive.read_bytes())
+        atomic_write_json(Path(local_path(base)) / ACCEPTED_NAME, record, indent=2)
+        return
+    from sedna_sam.storage import url_filesystem
+
+    fs, path = url_filesystem(base)
+    fs.put(str(candidate_archive), f"{path}/{ACCEPTED_MODEL}")
+    fs.pipe_file(f"{path}/{ACCEPTED_NAME}", json.dumps(record, indent=2).encode())
 
 
 def _model_summary(per: Mapping[str, Metrics]) -> dict[str, Any]:
@@ -144,7 +173,7 @@ def eval_under_sedna(options: EvalOptions, env: Mapping[str, str] | None = None)
         raise SednaSamError(
             f"{index}: its model is not a sedna-sam model archive; was it trained by sedna-sam?"
         )
-    record = accepted_record(inputs.output)
+    record = accepted_record(inputs.output_url)
     baseline = record["model"] if record else inputs.baseline
     models = ({baseline: baseline} if baseline else {}) | {str(index): candidate.source}
     metrics = evaluate_models(models, inputs.domains, options.device, options.progress)
@@ -174,7 +203,7 @@ def eval_under_sedna(options: EvalOptions, env: Mapping[str, str] | None = None)
             deployed_index = inputs.output / "index.pkl"
             shutil.copyfile(index, deployed_index)
             keep_accepted(
-                inputs.output,
+                inputs.output_url,
                 candidate.archive.archive,
                 {
                     "index": str(index),
@@ -187,7 +216,11 @@ def eval_under_sedna(options: EvalOptions, env: Mapping[str, str] | None = None)
             results = [
                 {
                     "format": "pkl",
-                    "url": runtime.data_relpath(deployed_index),
+                    "url": (
+                        f"{inputs.output_url.rstrip('/')}/index.pkl"
+                        if is_remote(inputs.output_url)
+                        else runtime.data_relpath(deployed_index)
+                    ),
                     "metrics": {**_model_summary(metrics[str(index)]), "gate": "accept"},
                     "current_metric": {
                         candidate.archive.archive.name: {"mIoU": _first_miou(metrics[str(index)])}
@@ -195,6 +228,7 @@ def eval_under_sedna(options: EvalOptions, env: Mapping[str, str] | None = None)
                     "classes": list(classes),
                 }
             ]
+        upload_outputs(inputs.output, inputs.output_url)  # before the report: the LC copies what it names
         runtime.report(ll, "completed", results, kind="eval")
     return EvalResult(metrics, decision, baseline, str(index), {"reported": results})
 

@@ -91,6 +91,7 @@ class TrainPlan:
     work_dir: Path  # local directory the round writes to (OUTPUT_URL itself when local)
     config: TrainConfig
     data_root: Path | None
+    train_index: str  # TRAIN_DATASET_URL as resolved
     initial_done: bool
     kb_index: str | None
 
@@ -180,7 +181,17 @@ def plan_training(options: TrainOptions, env: Mapping[str, str] | None = None) -
         checkpoint_every=options.checkpoint_every or defaults.checkpoint_every,
     )
     return TrainPlan(
-        base or DEFAULT_BASE_MODEL, new, replay, extra, output, work_dir, config, root, initial_done, kb_index
+        base or DEFAULT_BASE_MODEL,
+        new,
+        replay,
+        extra,
+        output,
+        work_dir,
+        config,
+        root,
+        train_url,
+        initial_done,
+        kb_index,
     )
 
 
@@ -192,7 +203,7 @@ def make_estimator(plan: TrainPlan, options: TrainOptions) -> SegformerEstimator
         plan.work_dir,
         options.device,
         options.progress,
-        data_root=plan.data_root,
+        data_roots=[p for p in (plan.data_root, ds.index_base(plan.train_index)) if p is not None],
         extra_replay=list(plan.extra_replay),
     )
 
@@ -275,9 +286,10 @@ class EvalInputs:
     domains: dict[str, list[ds.Sample]]
     test_index: str | None
     old_test_index: str | None
-    output: Path
+    output: Path  # local directory written to (OUTPUT_URL itself when local, else a scratch dir)
     policy: GatePolicy
     deploy_dir: str | None
+    output_url: str = "."  # OUTPUT_URL as given (a local directory, or s3://...)
 
 
 @dataclass
@@ -306,6 +318,7 @@ def eval_inputs(
         raise SednaSamError("no model to evaluate: pass --model or set MODEL_URLS")
     test_url = pick(options.test_index, "TEST_DATASET_URL")
     old_url = pick(options.old_test_index, "OLD_TEST_DATASET_URL")
+    output_url = str(pick(options.output, "OUTPUT_URL", "."))
     if not test_url and not old_url:
         raise SednaSamError("no test data: pass --test-index/--old-test-index or set TEST_DATASET_URL")
     root = ds.sedna_data_root(pick(options.original_index, "ORIGINAL_DATASET_URL"))
@@ -324,9 +337,12 @@ def eval_inputs(
         domains,
         test_url,
         old_url,
-        Path(local_path(pick(options.output, "OUTPUT_URL", "."))),
+        Path(tempfile.mkdtemp(prefix="sedna-sam-eval-"))
+        if is_remote(output_url)
+        else Path(local_path(output_url)),
         policy,
         pick(options.deploy_dir, "DEPLOY_MODEL_DIR"),
+        output_url,
     )
 
 
@@ -396,6 +412,7 @@ def run_eval_worker(options: EvalOptions, env: Mapping[str, str] | None = None) 
     write_metrics(inputs, metrics, baseline)
     result = EvalResult(metrics, baseline=baseline)
     if not options.gate:
+        upload_outputs(inputs.output, inputs.output_url)
         return result
     candidate = inputs.models[-1]
     if not baseline:
