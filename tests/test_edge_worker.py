@@ -278,3 +278,24 @@ def test_redeployed_model_without_config_keeps_the_calibrated_threshold(
     current = worker.models.current
     assert current.version == model_version(model_dir) and current.scorer.threshold == calibrated
     assert current.inherited and not current.calibrated
+
+
+def test_model_spec_in_s3(tmp_path, model_dir, local_s3, monkeypatch):
+    """MODEL_URLS in S3 (Sedna with an S3 outputDir): fetched once into the model cache with
+    the S3_ENDPOINT_URL and keys Sedna gives the pod, then unpacked like a local archive."""
+    import boto3
+
+    from sedna_sam.model_files import pack_model
+
+    monkeypatch.setenv("SEDNA_SAM_MODEL_CACHE", str(tmp_path / "cache"))
+    archive = pack_model(model_dir, tmp_path / "seg.model")
+    local_s3.create_bucket("models")
+    s3 = boto3.client(
+        "s3", endpoint_url=local_s3.endpoint, aws_access_key_id="test-key", aws_secret_access_key="test-secret"
+    )
+    s3.upload_file(str(archive), "models", "lifelong/train/1/seen_task/seg.model")
+    unpacked = resolve_model_dir("s3://models/lifelong/train/1/seen_task/seg.model")
+    assert model_version(unpacked) == model_version(model_dir)
+    assert (tmp_path / "cache").is_dir() and unpacked.is_relative_to(tmp_path / "cache")
+    with pytest.raises(SednaSamError, match="cannot fetch"):
+        resolve_model_dir("s3://models/lifelong/missing.model")
