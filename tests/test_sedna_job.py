@@ -344,6 +344,19 @@ def test_lifelong_learning_job_two_rounds(cluster: SednaCluster, host: Host):
     assert [p for p in cluster.pods if p.worker_type == "inference"] == [infer] and infer.phase == "Running"
     assert (out / "deploy/index.pkl").read_bytes() == (out / "eval/1/index.pkl").read_bytes()
 
+    # ---- the rounds as people look at them: each eval's report.html, the job's lifelong page
+    for n in (1, 2):
+        assert "Gate: " in (out / f"eval/{n}/report.html").read_text()
+    from sedna_sam.lifelong.curve import read_job, write_lifelong_page
+
+    write_lifelong_page(out, host.root / "lifelong.html")
+    rounds = read_job(out)
+    assert [(r.number, r.status, r.train_samples) for r in rounds] == [(1, "deployed", 8), (2, "rejected", 8)]
+    assert rounds[1].replay_samples == 8 and rounds[1].baseline_new_miou is not None
+    assert rounds[1].new_miou == pytest.approx(
+        metrics[str(cluster.container_path(out / "train/2/index.pkl"))]["new"]["mIoU"]
+    )
+
     # ---- SIGTERM ends the inference worker (the lib's threads are not daemons)
     took = cluster.stop_pod(infer, grace_s=10)
     assert not infer.sigkilled and took < 10, f"inference took {took:.1f} s to stop:\n{infer.log_tail()}"

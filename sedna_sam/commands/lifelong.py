@@ -140,6 +140,19 @@ def _gate(args: argparse.Namespace) -> int:
     return _evaluate(args, True, exit_on_reject=EXIT_REJECTED)
 
 
+def _report(args: argparse.Namespace) -> int:
+    from sedna_sam.lifelong.curve import read_job, write_lifelong_page
+
+    page = write_lifelong_page(args.output_dir, args.out)
+    rounds = read_job(args.output_dir)
+    print(f"{'round':>5s} {'status':10s} {'new mIoU':>9s} {'old mIoU':>9s} {'BWT':>8s}")
+    for r in rounds:
+        row = [r.new_miou, r.old_miou, r.backward_transfer]
+        print(f"{r.number:5d} {r.status:10s} " + " ".join("" if v is None else f"{v:9.4f}" for v in row))
+    print(f"written to {page}")
+    return 0
+
+
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--output", help="output directory [$OUTPUT_URL]")
     p.add_argument("--original-index", help="the Dataset's txt index [$ORIGINAL_DATASET_URL]")
@@ -246,6 +259,18 @@ def register(subparsers) -> None:
         "--gate", action="store_true", help="also run the deploy gate (writes gate.json; exit 0 either way)"
     )
     p.set_defaults(func=_eval)
+
+    p = subparsers.add_parser(
+        "report",
+        help="lifelong curve: every round of a LifelongLearningJob on one page (lifelong.html)",
+        description="Read a LifelongLearningJob's outputDir (train/<n>, eval/<n>, data/...) and draw every "
+        "round: mIoU on new and old domains, backward and forward transfer, samples added, time, and which "
+        "rounds were deployed. Works on a partial or interrupted job. Each eval round also has its own "
+        "report.html (eval/<n>/report.html).",
+    )
+    p.add_argument("--output-dir", required=True, help="the job's outputDir (a local directory)")
+    p.add_argument("--out", default=None, help="page to write (default <output-dir>/lifelong.html)")
+    p.set_defaults(func=_report)
 
     p = subparsers.add_parser(
         "gate",

@@ -19,7 +19,7 @@ import numpy as np
 from sedna_sam.edge.calibrate import EDGE_CONFIG_NAME, read_edge_config, scorer_from_config
 from sedna_sam.edge.scorers import Scorer
 from sedna_sam.errors import SednaSamError
-from sedna_sam.labels import LabelSet, cityscapes
+from sedna_sam.labels import labels_for_model
 
 log = logging.getLogger(__name__)
 
@@ -66,13 +66,6 @@ def model_version(model_dir: Path) -> str:
                 for block in iter(lambda: f.read(1 << 20), b""):
                     h.update(block)
     return h.hexdigest()[:12]
-
-
-def labels_for_model(id2label: dict[int, str]) -> LabelSet:
-    """Class names from the model; Cityscapes colours where names match."""
-    city = cityscapes()
-    by_name = {n: city.colour(i) for i, n in city.id2label.items()}
-    return LabelSet(dict(id2label), {i: by_name[n] for i, n in id2label.items() if n in by_name})
 
 
 @dataclass

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -64,6 +64,8 @@ class Metrics:
     names: Sequence[str]
     samples: int
     failed: int = 0
+    per_image: dict[str, float] = field(default_factory=dict)  # image path -> that image's mIoU
+    seconds: float = 0.0
 
     @property
     def iou(self) -> np.ndarray:
@@ -87,6 +89,8 @@ class Metrics:
             "failed": self.failed,
             "per_class_iou": {n: _num(v) for n, v in zip(self.names, self.iou)},
             "confusion": self.confusion.tolist(),
+            "per_image_mIoU": {k: _num(v) for k, v in self.per_image.items()},
+            "seconds": round(self.seconds, 3),
         }
 
 
@@ -102,11 +106,15 @@ def evaluate_segformer(
     Predictions are made at each image's own size (logits upsampled before the argmax,
     as at inference). An unreadable sample is reported in ``report`` and skipped.
     """
+    import time
+
     from tqdm import tqdm
 
+    t0 = time.perf_counter()
     names = [seg.id2label.get(i, str(i)) for i in range(seg.num_labels)]
     c = seg.num_labels
     cm = np.zeros((c, c), np.int64)
+    per_image: dict[str, float] = {}
     failed = 0
     for s in tqdm(samples, desc="eval", unit="img", disable=not progress):
         try:
@@ -118,10 +126,12 @@ def evaluate_segformer(
             else:
                 log.error("%s", exc)
             continue
-        cm += confusion_matrix(seg.predict_ids(image), label, c)
+        one = confusion_matrix(seg.predict_ids(image), label, c)
+        cm += one
+        per_image[str(s.image)] = mean_iou(one)
         if report is not None:
             report.ok()
-    return Metrics(cm, names, len(samples) - failed, failed)
+    return Metrics(cm, names, len(samples) - failed, failed, per_image, time.perf_counter() - t0)
 
 
 def evaluate_model(

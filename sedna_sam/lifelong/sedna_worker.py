@@ -29,6 +29,7 @@ from typing import Any
 from sedna_sam.errors import SednaSamError
 from sedna_sam.lifelong.evaluate import Metrics
 from sedna_sam.lifelong.gate import GateDecision, write_decision
+from sedna_sam.lifelong.report import report_for_evaluation
 from sedna_sam.lifelong.workers import (
     GATE_NAME,
     EvalOptions,
@@ -193,6 +194,9 @@ def eval_under_sedna(options: EvalOptions, env: Mapping[str, str] | None = None)
         )
     write_decision(
         inputs.output / GATE_NAME, decision, baseline=baseline, candidate=str(index), published_to=None
+    )
+    report_for_evaluation(
+        inputs.output, metrics, models, inputs.domains, str(index), baseline, decision, options.device
     )
     log.info("gate: %s (%s)", "ACCEPT" if decision.accept else "REJECT", "; ".join(decision.reasons))
 

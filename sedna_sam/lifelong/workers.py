@@ -24,6 +24,7 @@ from sedna_sam.lifelong import data as ds
 from sedna_sam.lifelong.estimator import DEFAULT_BASE_MODEL, SegformerEstimator
 from sedna_sam.lifelong.evaluate import Metrics, evaluate_segformer
 from sedna_sam.lifelong.gate import GateDecision, GatePolicy, decide, write_decision
+from sedna_sam.lifelong.report import report_for_evaluation
 from sedna_sam.lifelong.train import MODEL_DIR_NAME, REPLAY_INDEX_NAME, TrainConfig
 from sedna_sam.storage import atomic_write_json
 
@@ -412,6 +413,9 @@ def run_eval_worker(options: EvalOptions, env: Mapping[str, str] | None = None) 
     write_metrics(inputs, metrics, baseline)
     result = EvalResult(metrics, baseline=baseline)
     if not options.gate:
+        report_for_evaluation(
+            inputs.output, metrics, {}, inputs.domains, inputs.models[-1], baseline, None, options.device
+        )
         upload_outputs(inputs.output, inputs.output_url)
         return result
     candidate = inputs.models[-1]
@@ -436,6 +440,10 @@ def run_eval_worker(options: EvalOptions, env: Mapping[str, str] | None = None) 
     log.info(
         "gate: %s (%s)", "ACCEPT" if result.decision.accept else "REJECT", "; ".join(result.decision.reasons)
     )
+    report_for_evaluation(
+        inputs.output, metrics, {}, inputs.domains, candidate, baseline, result.decision, options.device
+    )
+    upload_outputs(inputs.output, inputs.output_url)
     return result
 
 
