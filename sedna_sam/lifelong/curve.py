@@ -99,7 +99,7 @@ def read_round(root: Path, n: int) -> Round:
     if metrics is not None:
         r.status = "evaluated"
         models = metrics.get("models") or {}
-        baseline = metrics.get("baseline")
+        baseline = (gate or {}).get("baseline") or metrics.get("baseline")
         candidate = (gate or {}).get("candidate") or next((m for m in models if m != baseline), None)
         r.new_miou = _miou(models.get(candidate), "new")
         r.old_miou = _miou(models.get(candidate), "old")
