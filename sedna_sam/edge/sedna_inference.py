@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from sedna_sam.edge.metrics import EdgeMetrics
 from sedna_sam.edge.model import LoadedModel, load_model, resolve_model_dir
 from sedna_sam.edge.scorers import Scorer
 from sedna_sam.edge.sources import Frame
@@ -149,7 +150,9 @@ class EdgeEstimator:
     evaluate = save = train
 
 
-def run_with_sedna_lib(settings: WorkerSettings, stop: threading.Event | None = None) -> BatchReport:
+def run_with_sedna_lib(
+    settings: WorkerSettings, stop: threading.Event | None = None, metrics: EdgeMetrics | None = None
+) -> BatchReport:
     """Frames through ``LifelongLearning.inference`` (see the module doc)."""
     from sedna.datasources import BaseDataSource  # type: ignore[import-not-found]
 
@@ -157,7 +160,7 @@ def run_with_sedna_lib(settings: WorkerSettings, stop: threading.Event | None = 
     from sedna_sam.sedna_job.plugins import CALIBRATED_RECOGNITION, utd_alias
 
     runtime.prepare_env("inference")
-    worker = EdgeWorker(settings, load_model=False)
+    worker = EdgeWorker(settings, load_model=False, metrics=metrics)
     estimator = EdgeEstimator(settings.device, settings.scorer, settings.threshold)
     method = utd_alias(settings.scorer) if settings.scorer else CALIBRATED_RECOGNITION
     recognition = {
@@ -198,11 +201,8 @@ def run_with_sedna_lib(settings: WorkerSettings, stop: threading.Event | None = 
             kept=kept.get(key, False) if flagged else False,
         )
 
-    def version() -> str:
-        return estimator.current.version if estimator.current else "none"
-
     try:
-        report = worker.run(stop, step=step, version=version)
+        report = worker.run(stop, step=step, current=lambda: estimator.current)
     finally:
         observer = getattr(ll.edge_knowledge_management, "unseen_sample_observer", None)
         if observer is not None:

@@ -29,6 +29,7 @@ import numpy as np
 
 from sedna_sam import sedna_compat
 from sedna_sam.edge.buffer import SampleBuffer, make_sample_id, sample_metadata
+from sedna_sam.edge.metrics import EdgeMetrics
 from sedna_sam.edge.model import LoadedModel, ModelWatcher
 from sedna_sam.edge.sources import Failure, Frame, check_source, open_source
 from sedna_sam.errors import BatchReport, SednaSamError
@@ -105,7 +106,9 @@ class EdgeWorker:
     """The frame loop and its outputs. ``load_model=False``: the caller supplies each
     frame's model (the Sedna path, where the lib fetches and deploys the model)."""
 
-    def __init__(self, settings: WorkerSettings, load_model: bool = True) -> None:
+    def __init__(
+        self, settings: WorkerSettings, load_model: bool = True, metrics: EdgeMetrics | None = None
+    ) -> None:
         if settings.max_fps is not None and settings.max_fps <= 0:
             raise SednaSamError(f"--max-fps must be > 0, got {settings.max_fps}")
         check_source(settings.source)
@@ -120,6 +123,9 @@ class EdgeWorker:
             else None
         )
         self.report = BatchReport("frames")
+        self.metrics = metrics
+        if metrics is not None and metrics.buffer is None:
+            metrics.buffer = self.buffer
 
     def result_path(self, name: str) -> Path:
         return self.settings.result_dir / f"{name}_TrainIds.png"
@@ -219,15 +225,15 @@ class EdgeWorker:
         self,
         stop: threading.Event | None = None,
         step: Callable[[Frame], FrameResult] | None = None,
-        version: Callable[[], str] | None = None,
+        current: Callable[[], LoadedModel | None] | None = None,
     ) -> BatchReport:
         """Process frames until the source ends (or ``stop`` is set); returns the report.
 
         ``step`` segments one frame (default: the current model, reloaded when it changed);
-        ``version`` names the model in the timing log."""
+        ``current`` gives the model in use (for the timing log and the metrics)."""
         stop = stop or threading.Event()
         step = step or self._plain_step
-        version = version or (lambda: self.models.current.version)
+        current = current or (lambda: self.models.current)
         s = self.settings
         self.report = BatchReport("frames")
         timing_file = open(s.timing_log, "a", encoding="utf-8") if s.timing_log else None
@@ -249,8 +255,14 @@ class EdgeWorker:
                 except Exception as exc:  # one bad frame must not stop the stream
                     log.exception("%s: processing failed", item.name)
                     self.report.fail(item.name, f"{type(exc).__name__}: {exc}")
+                    if self.metrics is not None:
+                        self.metrics.failed()
                     continue
                 self.report.ok()
+                m = current()
+                if self.metrics is not None and m is not None:
+                    self.metrics.model(m.version, m.scorer.name, m.calibrated)
+                    self.metrics.frame(r.timings_ms["total_ms"] / 1e3, m.scorer.name, r.flagged, r.kept)
                 if r.flagged:
                     self.report.count("flagged")
                     if not r.kept:
@@ -270,7 +282,7 @@ class EdgeWorker:
                         "frame": r.name,
                         "score": r.score,
                         "flagged": r.flagged,
-                        "model_version": version(),
+                        "model_version": m.version if m is not None else None,
                     }
                     timing_file.write(
                         json.dumps({**rec, **{k: round(v, 3) for k, v in r.timings_ms.items()}}) + "\n"
