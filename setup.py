@@ -17,7 +17,7 @@ core = [
 extras = {
     "sam": ["torch>=2.1", "torchvision>=0.16", "segment-anything>=1.0", "transformers>=4.40"],
     "ls": ["label-studio-sdk>=2.0,<3", "requests>=2.31"],
-    "edge": ["torch>=2.1", "transformers>=4.40", "s3fs>=2023.6"],
+    "edge": ["torch>=2.1", "transformers>=4.40", "s3fs>=2023.6", "prometheus-client>=0.17"],
     "cloud": ["torch>=2.1", "transformers>=4.40", "s3fs>=2023.6", "requests>=2.31", "matplotlib>=3.7"],
     "k8s": ["pyyaml>=6", "jsonschema>=4.17"],
     "dev": [

@@ -85,6 +85,7 @@ def main() -> int:
         poll_interval_s=0,
         batch=args.n,
     )
+    Path(config.store).mkdir(parents=True)  # the shipper never creates a store root
     ids = [ship(Path(config.store), work, seed, h, w) for seed in range(args.n)]
 
     start = time.perf_counter()

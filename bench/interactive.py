@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import shutil
 import statistics
 import sys
 import tempfile
@@ -96,17 +97,18 @@ def main(argv: list[str] | None = None) -> int:
     labels = cityscapes()
     sam, model_name = build_model(args)
     engine = InteractiveSam(sam, cache_size=4)
-    backend = SamBackend(engine, ImageSource(), model_version="bench")
+    tmp_root = tempfile.mkdtemp(prefix="bench-interactive-")
+    # images come from the document root, as Label Studio's local files do (absolute paths are refused)
+    backend = SamBackend(engine, ImageSource(document_root=tmp_root), model_version="bench")
     config = interactive_labeling_config_xml(labels)
     rng = np.random.default_rng(0)
     n_clicks = 1 + args.clicks + args.recompute_clicks
     points = rng.uniform(5, 95, size=(n_clicks, 2))
 
-    with tempfile.TemporaryDirectory() as tmp:
+    try:
         image = render_scene(make_street_scene(args.height, args.width, seed=0), labels, seed=0)
-        path = Path(tmp) / "frame.png"
-        write_png(path, image)
-        task = {"id": 1, "data": {"image": str(path)}}
+        write_png(Path(tmp_root) / "frame.png", image)
+        task = {"id": 1, "data": {"image": "/data/local-files/?d=frame.png"}}
 
         def click(i: int) -> tuple[float, int]:
             t0 = time.perf_counter()
@@ -119,6 +121,8 @@ def main(argv: list[str] | None = None) -> int:
         for i in range(args.recompute_clicks):
             engine.clear()  # the baseline: no cache, every click embeds the image again
             recompute.append(click(1 + args.clicks + i)[0])
+    finally:
+        shutil.rmtree(tmp_root, ignore_errors=True)
 
     rows = [
         ("first click (embed + decode)", [first]),

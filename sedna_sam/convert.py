@@ -67,7 +67,8 @@ def _mean_predicted_iou(annotations: list[dict[str, Any]]) -> float | None:
 
 
 def ssa_files(layout: DatasetLayout) -> list[tuple[str, Path]]:
-    """(stem, path) of every ``<stem>_semantic.json`` in ``ssa_output/``, sorted."""
+    """(stem, path) of every ``<stem>_semantic.json`` in ``ssa_output/``, sorted. Names
+    starting with "." are left out (see :func:`hidden_ssa_files`)."""
     if not layout.ssa_output.is_dir():
         raise InputError(f"{layout.ssa_output}: no ssa_output/ folder (run `sedna-sam annotate` first)")
     return sorted(
@@ -75,6 +76,29 @@ def ssa_files(layout: DatasetLayout) -> list[tuple[str, Path]]:
         for p in layout.ssa_output.iterdir()
         if p.is_file() and p.name.endswith(SSA_SUFFIX) and not p.name.startswith(".")
     )
+
+
+def hidden_ssa_files(layout: DatasetLayout) -> list[Path]:
+    """SSA files whose name starts with "." (``..dotdot_semantic.json``): not converted,
+    because dot-names are hidden and reserved for temporary files, but reported by the
+    batch so that nothing is skipped silently. Temporary files of atomic writes
+    (``.<name>.<random>.tmp``) are not listed."""
+    if not layout.ssa_output.is_dir():
+        return []
+    return sorted(
+        p
+        for p in layout.ssa_output.iterdir()
+        if p.name.startswith(".") and p.name.endswith(SSA_SUFFIX) and not p.name.endswith(".tmp")
+    )
+
+
+def _report_hidden(layout: DatasetLayout, report: BatchReport) -> None:
+    for path in hidden_ssa_files(layout):
+        report.fail(
+            path.name,
+            f"{path}: file names starting with '.' are hidden and not converted; rename it and its "
+            f"image in {layout.raw_data.name}/ without the leading dot",
+        )
 
 
 def ssa_to_ls(
@@ -106,6 +130,7 @@ def ssa_to_ls(
         "image_root": image_root,
     }
     all_tasks: list[dict[str, Any]] = []
+    _report_hidden(layout, report)
     for stem, ssa_path in tqdm(ssa_files(layout), desc="ssa-to-ls", unit="image", disable=not progress):
         out = layout.ls_task(stem)
         try:
@@ -148,7 +173,7 @@ def ssa_to_ls(
                 report.count("tiny regions dropped", stats["dropped"])
         except InputError as exc:
             report.fail(stem, str(exc))
-        except (OSError, ValueError, KeyError) as exc:
+        except Exception as exc:  # noqa: BLE001 - one bad file never stops the batch
             report.fail(stem, f"{ssa_path}: {type(exc).__name__}: {exc}")
     atomic_write_json(layout.ls_data / TASKS_FILE, all_tasks)
     log.info("wrote %d tasks to %s", len(all_tasks), layout.ls_data / TASKS_FILE)
@@ -156,7 +181,8 @@ def ssa_to_ls(
 
 
 def _image_size_for(task: ExportedTask, layout: DatasetLayout) -> tuple[int, int] | None:
-    """(width, height) of the task's image in raw_data/ (or at the path it names)."""
+    """(width, height) of the task's image in raw_data/ (or at the path it names), read
+    from its header (an image over the pixel cap fails the task here)."""
     image = layout.find_image(task.stem)
     if image is None:
         candidate = Path(image_ref_to_path(task.image))
@@ -175,9 +201,13 @@ def task_to_trainids(
 ) -> Path:
     """Rasterize one annotated exported task to ``train_ids/<stem>_TrainIds.png`` (and
     ``<stem>_TrainIds_color.png`` with ``preview``); returns the TrainIds path.
-    Raises :class:`InputError` on bad input (naming the task)."""
+    Raises :class:`InputError` on bad input (naming the task). The annotation's size must
+    be positive, within the pixel cap and, when the image is in ``raw_data/``, the image's."""
+    if task.error:
+        raise InputError(task.error)
     layout = DatasetLayout(Path(dataset_dir))
-    size = None if task.size else _image_size_for(task, layout)
+    task.size  # noqa: B018 - checks the annotation's sizes before any image is touched
+    size = _image_size_for(task, layout)
     train_ids = trainids_from_export(
         task, labels, size, ignore_unknown_labels=ignore_unknown_labels, notes=notes
     )
@@ -207,6 +237,9 @@ def exported_to_trainids(
     layout = DatasetLayout(Path(dataset_dir))
     by_stem: dict[str, ExportedTask] = {}
     for task in tasks:
+        if task.error:
+            report.fail(task.name, task.error)
+            continue
         if not task.annotated:
             report.skip()
             report.count("tasks without annotation")
@@ -222,11 +255,11 @@ def exported_to_trainids(
                 continue
         by_stem[stem] = task
     for stem, task in tqdm(by_stem.items(), desc="ls-to-trainids", unit="image", disable=not progress):
-        if newer_than is not None and _fresh(layout.trainids(stem), newer_than):
-            report.skip()
-            report.count("outputs newer than the export kept (--overwrite redoes them)")
-            continue
         try:
+            if newer_than is not None and _fresh(layout.trainids(stem), newer_than):
+                report.skip()
+                report.count("outputs newer than the export kept (--overwrite redoes them)")
+                continue
             task_to_trainids(
                 task,
                 layout.root,
@@ -238,7 +271,7 @@ def exported_to_trainids(
             report.ok()
         except InputError as exc:
             report.fail(stem, str(exc))
-        except (OSError, ValueError, KeyError, TypeError) as exc:
+        except Exception as exc:  # noqa: BLE001 - one bad task never stops the batch (MemoryError too)
             report.fail(stem, f"{task.source}: {task.name}: {type(exc).__name__}: {exc}")
     return report
 
@@ -286,13 +319,14 @@ def ssa_to_trainids(
     known = np.zeros(65536, dtype=bool)
     known[list(labels.id2label)] = True
     known[IGNORE_ID] = True
+    _report_hidden(layout, report)
     for stem, ssa_path in tqdm(ssa_files(layout), desc="ssa-to-trainids", unit="image", disable=not progress):
         out = layout.trainids(stem)
-        if not overwrite and _fresh(out, ssa_path):
-            report.skip()
-            report.count("outputs newer than their SSA file kept (--overwrite redoes them)")
-            continue
         try:
+            if not overwrite and _fresh(out, ssa_path):
+                report.skip()
+                report.count("outputs newer than their SSA file kept (--overwrite redoes them)")
+                continue
             class_map = read_ssa(ssa_path).class_map.astype(np.uint16)
             unknown = ~known[class_map]
             if unknown.any():
@@ -310,6 +344,6 @@ def ssa_to_trainids(
             report.ok()
         except InputError as exc:
             report.fail(stem, str(exc))
-        except (OSError, ValueError, KeyError) as exc:
+        except Exception as exc:  # noqa: BLE001 - one bad file never stops the batch
             report.fail(stem, f"{ssa_path}: {type(exc).__name__}: {exc}")
     return report

@@ -138,12 +138,21 @@ def regions_from_class_map(
     return regions, dropped
 
 
+# Crossings (and label-map cells) handled per numpy pass of :func:`rasterize_polygon`: its
+# working memory stays around 100 MB whatever the polygon's vertex count or the image size.
+RASTER_CHUNK = 1 << 20
+
+
 def rasterize_polygon(points: np.ndarray, height: int, width: int) -> tuple[slice, slice, np.ndarray]:
     """Pixels of a (H, W) image whose centres lie inside an (N, 2) ``(x, y)`` polygon.
 
     Even-odd rule, half-open in y, so shared edges between neighbouring polygons give each
     pixel to exactly one side. Returns ``(rows, cols, inside)``: the bounding-box slices
     and a bool array of that box, to keep memory small for small regions.
+
+    Memory is bounded whatever the vertex count: the box is filled in bands of rows, and
+    each band's scanline crossings are computed :data:`RASTER_CHUNK` at a time (a zigzag
+    of 200k vertices across a tall image needs no more than a square does).
     """
     pts = np.asarray(points, dtype=np.float64).reshape(-1, 2)
     empty = (slice(0, 0), slice(0, 0), np.zeros((0, 0), dtype=bool))
@@ -161,21 +170,40 @@ def rasterize_polygon(points: np.ndarray, height: int, width: int) -> tuple[slic
     # rows i with ylo <= i + 0.5 < yhi
     first = np.maximum(np.ceil(ylo - 0.5), r0).astype(np.int64)
     last = np.minimum(np.ceil(yhi - 0.5), r1).astype(np.int64)  # exclusive
-    n = np.maximum(last - first, 0)
-    keep = n > 0
+    keep = last > first
     if not keep.any():
         return empty
-    first, n = first[keep], n[keep]
+    first, last = first[keep], last[keep]
     ex0, ey0, ex1, ey1 = x0[keep], y0[keep], x1[keep], y1[keep]
-    edge = np.repeat(np.arange(len(n)), n)
-    row = first[edge] + (np.arange(int(n.sum())) - np.repeat(np.cumsum(n) - n, n))
-    yc = row + 0.5
-    xc = ex0[edge] + (yc - ey0[edge]) * (ex1[edge] - ex0[edge]) / (ey1[edge] - ey0[edge])
-    # a crossing at x toggles inside-ness from the first pixel whose centre is >= x
-    col = np.clip(np.ceil(xc - 0.5), c0, c1).astype(np.int64) - c0
     bw = c1 - c0 + 1
-    toggles = np.bincount((row - r0) * bw + col, minlength=(r1 - r0) * bw).reshape(r1 - r0, bw)
-    inside = (np.cumsum(toggles, axis=1) & 1).astype(bool)[:, : c1 - c0]
+    inside = np.zeros((r1 - r0, c1 - c0), dtype=bool)
+    band_rows = max(1, RASTER_CHUNK // bw)
+    for b0 in range(r0, r1, band_rows):
+        b1 = min(r1, b0 + band_rows)
+        lo, hi = np.maximum(first, b0), np.minimum(last, b1)
+        edges = np.nonzero(hi > lo)[0]
+        if not len(edges):
+            continue
+        counts = hi[edges] - lo[edges]  # crossings of each edge in this band (<= band_rows)
+        cum = np.cumsum(counts)
+        toggles = np.zeros((b1 - b0) * bw, dtype=np.int64)
+        start = 0
+        while start < len(edges):
+            done = int(cum[start - 1]) if start else 0
+            end = max(start + 1, int(np.searchsorted(cum, done + RASTER_CHUNK, side="right")))
+            e, n = edges[start:end], counts[start:end]
+            edge = np.repeat(np.arange(len(e)), n)
+            row = lo[e][edge] + (np.arange(int(n.sum())) - np.repeat(np.cumsum(n) - n, n))
+            yc = row + 0.5
+            xc = ex0[e][edge] + (yc - ey0[e][edge]) * (ex1[e][edge] - ex0[e][edge]) / (
+                ey1[e][edge] - ey0[e][edge]
+            )
+            # a crossing at x toggles inside-ness from the first pixel whose centre is >= x
+            col = np.clip(np.ceil(xc - 0.5), c0, c1).astype(np.int64) - c0
+            toggles += np.bincount((row - b0) * bw + col, minlength=len(toggles))
+            start = end
+        band = np.cumsum(toggles.reshape(b1 - b0, bw), axis=1)
+        inside[b0 - r0 : b1 - r0] = (band & 1).astype(bool)[:, : c1 - c0]
     return slice(r0, r1), slice(c0, c1), inside
 
 

@@ -50,6 +50,7 @@ def ship(store: Path, work: Path, node: str, seed: int) -> str:
         model_version="m0", node=node, frame_time=time.time(),
     )  # fmt: skip
     SampleBuffer(work / f"buffer-{node}").add(".png", data, meta)
+    store.mkdir(exist_ok=True)  # the store root exists (the shipper never creates it)
     ship_once(work / f"buffer-{node}", str(store), node)
     return sample_id
 

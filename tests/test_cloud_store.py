@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -30,6 +31,7 @@ def ship(store, tmp_path, node: str, name: str, seed: int) -> str:
     )  # fmt: skip
     buffer = tmp_path / f"buffer-{node}"
     SampleBuffer(buffer).add(".png", data, meta)
+    Path(store).mkdir(exist_ok=True)  # the store root exists (the shipper never creates it)
     ship_once(buffer, str(store), node)
     return sample_id
 
@@ -86,7 +88,7 @@ def test_bad_samples_fail_by_name_and_others_go_on(tmp_path, labels):
     (store / "flagged" / "edge-1" / f"{truncated}.png").write_bytes(b"\x89PNG")
     (store / "flagged" / "edge-1" / "garbage.json").write_text("{not json")
     meta_only = store / "flagged" / "edge-1" / "lost.json"
-    meta_only.write_text(json.dumps({"image": "lost.png", "size": 3, "sha256": "00"}))
+    meta_only.write_text(json.dumps({"image": "lost.png", "size": 3, "sha256": "0" * 64}))
 
     fs, root = url_filesystem(str(store))
     for sid, message in [

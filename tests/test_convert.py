@@ -382,3 +382,16 @@ def test_round_trip_through_a_real_label_studio(ls_server, tmp_path, monkeypatch
         )
         for stem, truth in truths.items():
             assert pixel_accuracy(read_trainids(layout.trainids(stem)), truth) >= 0.995, (name, stem)
+
+
+def test_hidden_ssa_file_names_are_reported_not_skipped(tmp_path, caplog):
+    """`..dotdot_semantic.json` was skipped silently by ssa-to-ls on today's main; now it is
+    a failed item saying why, while temporary files of atomic writes stay unreported."""
+    add_image(tmp_path, "ok.png", 32, 48, seed=1)
+    write_ssa(tmp_path / "ssa_output" / "..dotdot_semantic.json", np.zeros((32, 48), np.uint16), [])
+    (tmp_path / "ssa_output" / ".ok_semantic.json.x1y2.tmp").write_text("{")
+    for command in ("ssa-to-ls", "ssa-to-trainids"):
+        caplog.clear()
+        assert main([command, "--dataset-dir", str(tmp_path)]) == 1
+        assert "FAILED ..dotdot_semantic.json" in caplog.text and "starting with '.'" in caplog.text
+        assert ".tmp" not in caplog.text and "1 failed" in caplog.text

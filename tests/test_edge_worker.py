@@ -196,6 +196,7 @@ def edge_cli(argv: list[str]) -> int:
 def test_cli_run_from_sedna_env_then_ship(tmp_path, model_dir, edge_frames, monkeypatch, capsys):
     edge_frames(tmp_path / "frames", 3)
     store = tmp_path / "store"
+    store.mkdir()  # a store root is never created by the shipper (a volume that did not mount)
     monkeypatch.setenv("MODEL_URLS", str(model_dir))
     monkeypatch.setenv("INFERENCE_RESULT_DIR", str(tmp_path / "res"))
     monkeypatch.setenv("unseen_save_url", str(tmp_path / "unseen"))
@@ -291,7 +292,10 @@ def test_model_spec_in_s3(tmp_path, model_dir, local_s3, monkeypatch):
     archive = pack_model(model_dir, tmp_path / "seg.model")
     local_s3.create_bucket("models")
     s3 = boto3.client(
-        "s3", endpoint_url=local_s3.endpoint, aws_access_key_id="test-key", aws_secret_access_key="test-secret"
+        "s3",
+        endpoint_url=local_s3.endpoint,
+        aws_access_key_id="test-key",
+        aws_secret_access_key="test-secret",
     )
     s3.upload_file(str(archive), "models", "lifelong/train/1/seen_task/seg.model")
     unpacked = resolve_model_dir("s3://models/lifelong/train/1/seen_task/seg.model")

@@ -10,6 +10,7 @@ coordinates are checked against SAM's own predictor run on the same pixel prompt
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 import urllib.error
@@ -21,6 +22,7 @@ from fixtures_labelstudio import LabelStudioRest
 
 from sedna_sam.labels import LabelSet, labeling_config_xml
 from sedna_sam.labelstudio.backend import (
+    BackendAuth,
     Controls,
     ImageSource,
     InteractiveSam,
@@ -36,6 +38,8 @@ from sedna_sam.labelstudio.backend import (
 
 LABELS = LabelSet.from_names(["road", "car", "scooter"])
 W, H = 160, 96  # not square: a swapped x/y or width/height shows
+AUTH = BackendAuth("label-studio", "backend-test-password", "backend-test-token")
+BASIC = "Basic " + __import__("base64").b64encode(b"label-studio:backend-test-password").decode()
 
 
 def keypoint(x: float, y: float, label: str = "car", positive: bool = True) -> dict:
@@ -172,7 +176,7 @@ def test_image_source_reads_document_root_files(tmp_path):
     write_png(tmp_path / "raw" / "f.png", scene())
     source = ImageSource(ls_url=None, token=None, document_root=str(tmp_path))
     np.testing.assert_array_equal(source.load("/data/local-files/?d=raw/f.png"), scene())
-    np.testing.assert_array_equal(source.load(str(tmp_path / "raw" / "f.png")), scene())
+    np.testing.assert_array_equal(source.load("raw/f.png"), scene())  # relative to the document root
     with pytest.raises(Exception, match="no Label Studio URL"):
         source.load("/data/local-files/?d=raw/missing.png")
 
@@ -189,7 +193,7 @@ def backend_factory(tiny_sam):
         # polygon comparisons below are never between two empty lists.
         engine = InteractiveSam(tiny_sam, cache_size=cache_size)
         backend = SamBackend(engine, images, model_version="sam-tiny", min_area_px=4)
-        server = make_server(backend, "127.0.0.1", 0)
+        server = make_server(backend, "127.0.0.1", 0, auth=AUTH)
         threading.Thread(target=server.serve_forever, daemon=True).start()
         servers.append(server)
         return f"http://127.0.0.1:{server.server_address[1]}", backend
@@ -200,9 +204,10 @@ def backend_factory(tiny_sam):
         server.server_close()
 
 
-def post(url: str, body, raw: bytes | None = None) -> tuple[int, dict]:
+def post(url: str, body, raw: bytes | None = None, auth: str | None = BASIC) -> tuple[int, dict]:
     data = raw if raw is not None else json.dumps(body).encode()
-    req = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"}, method="POST")
+    headers = {"Content-Type": "application/json"} | ({"Authorization": auth} if auth else {})
+    req = urllib.request.Request(url, data=data, headers=headers, method="POST")
     try:
         with urllib.request.urlopen(req, timeout=60) as resp:
             return resp.status, json.loads(resp.read())
@@ -214,7 +219,7 @@ def test_http_routes_and_errors(backend_factory, tmp_path):
     from sedna_sam.images import write_png
 
     write_png(tmp_path / "f.png", scene())
-    url, _ = backend_factory(ImageSource())
+    url, _ = backend_factory(ImageSource(document_root=str(tmp_path)))
     with urllib.request.urlopen(url + "/health", timeout=10) as resp:
         assert json.loads(resp.read())["status"] == "UP"
     assert post(
@@ -226,7 +231,7 @@ def test_http_routes_and_errors(backend_factory, tmp_path):
     assert post(url + "/webhook", {"action": "ANNOTATION_CREATED"})[0] == 200
     code, body = post(url + "/predict", None, raw=b"{not json")
     assert code == 400 and "error" in body
-    task = {"id": 1, "data": {"image": str(tmp_path / "f.png")}}
+    task = {"id": 1, "data": {"image": "/data/local-files/?d=f.png"}}
     request = {"tasks": [task], "project": "9.1", "params": {"context": {"result": [keypoint(30, 40)]}}}
     code, body = post(url + "/predict", request)  # project 9 never set up, no label_config
     assert code == 400 and "label_config" in body["error"]
@@ -236,7 +241,7 @@ def test_http_routes_and_errors(backend_factory, tmp_path):
         url + "/predict", request | {"label_config": "<View><Image name='i' value='$image'/></View>"}
     )
     assert code == 400 and "PolygonLabels" in body["error"]
-    missing = {"tasks": [{"id": 2, "data": {"image": str(tmp_path / "gone.png")}}]}
+    missing = {"tasks": [{"id": 2, "data": {"image": "/data/local-files/?d=gone.png"}}]}
     code, body = post(url + "/predict", request | missing | {"project": "3.1"})
     assert code == 400 and "gone.png" in body["error"]
     # Batch prediction requests (no context) get no regions: this backend is interactive only.
@@ -280,16 +285,16 @@ def test_label_studio_click_and_box_come_back_as_polygons(
     ls_server, interactive_project, backend_factory, tiny_sam
 ):
     ls, project_id, task_id = interactive_project
-    # No URL, token or document root configured: the image comes through Label Studio's
-    # local-files URL with the hostname and token Label Studio hands over at /setup.
-    backend_url, backend = backend_factory(ImageSource())
-    ml = connect_interactive(ls_server.url, ls_server.token, project_id, backend_url, LABELS)
+    # No document root: the image comes through Label Studio's local-files URL, fetched
+    # from the configured Label Studio with the configured token (never /setup's).
+    backend_url, backend = backend_factory(ImageSource(ls_url=ls_server.url, token=ls_server.token))
+    ml = connect_interactive(ls_server.url, ls_server.token, project_id, backend_url, LABELS, auth=AUTH)
     config = ls.call("GET", f"/api/projects/{project_id}")["label_config"]
     assert controls_from_config(config).polygon_from == "label" and 'smart="true"' in config
-    assert (
-        connect_backend(ls_server.url, ls_server.token, project_id, backend_url)["id"] == ml["id"]
-    )  # idempotent
-    assert ml["is_interactive"] and backend.images.token  # /setup reached the backend
+    again = connect_backend(ls_server.url, ls_server.token, project_id, backend_url, auth=AUTH)
+    assert again["id"] == ml["id"]  # idempotent
+    assert ml["is_interactive"] and ml["auth_method"] == "BASIC_AUTH"
+    assert backend.label_configs  # /setup reached the backend, with Label Studio's basic auth
 
     calls = []
     hook = tiny_sam.image_encoder.register_forward_hook(lambda *a: calls.append(1))
@@ -350,8 +355,10 @@ def test_ls_backend_command_serves_label_studio_requests(tiny_sam_ckpt, tmp_path
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     cmd = [sys.executable, "-m", "sedna_sam", "ls", "backend", "--ckpt-path", str(tiny_sam_ckpt),
-           "--host", "127.0.0.1", "--port", str(port), "--device", "cpu", "--cache-size", "2"]  # fmt: skip
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+           "--port", str(port), "--device", "cpu", "--cache-size", "2", "--document-root", str(tmp_path)]  # fmt: skip
+    env = dict(os.environ, SEDNA_SAM_BACKEND_USER=AUTH.username, SEDNA_SAM_BACKEND_PASSWORD=AUTH.password)
+    env.pop("BACKEND_HOST", None)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     url = f"http://127.0.0.1:{port}"
     try:
         for _ in range(240):
@@ -363,7 +370,7 @@ def test_ls_backend_command_serves_label_studio_requests(tiny_sam_ckpt, tmp_path
                 assert proc.poll() is None, proc.stdout.read()
                 time.sleep(0.5)
         assert health["status"] == "UP" and health["model_version"] == "sam-sam_tiny"
-        task = {"id": 7, "data": {"image": str(tmp_path / "f.png")}}
+        task = {"id": 7, "data": {"image": "/data/local-files/?d=f.png"}}
         request = {"tasks": [task], "label_config": interactive_labeling_config_xml(LABELS),
                    "params": {"context": {"result": [keypoint(37.5, 50.0)]}}}  # fmt: skip
         code, body = post(url + "/predict", request)
@@ -373,7 +380,8 @@ def test_ls_backend_command_serves_label_studio_requests(tiny_sam_ckpt, tmp_path
         proc.send_signal(signal.SIGINT)
         out, _ = proc.communicate(timeout=30)
     assert proc.returncode == 0, out
-    assert "listening on http://127.0.0.1" in out
+    assert "listening on http://127.0.0.1" in out  # the default bind address: loopback only
+    assert AUTH.password not in out
 
 
 def test_ls_push_connect_backend(ls_server, backend_factory, tmp_path, monkeypatch, capsys):
@@ -397,6 +405,8 @@ def test_ls_push_connect_backend(ls_server, backend_factory, tmp_path, monkeypat
     monkeypatch.setenv("LABEL_STUDIO_URL", ls_server.url)
     monkeypatch.setenv("LABEL_STUDIO_API_KEY", ls_server.token)
     monkeypatch.setenv("LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT", str(ls_server.document_root))
+    monkeypatch.setenv("SEDNA_SAM_BACKEND_USER", AUTH.username)
+    monkeypatch.setenv("SEDNA_SAM_BACKEND_PASSWORD", AUTH.password)
     title = f"Push backend {tmp_path.name[-12:]}"
     argv = ["ls", "push", "--dataset-dir", str(layout.root), "--config-path", str(labels_json),
             "--project", title, "--connect-backend", backend_url]  # fmt: skip
@@ -411,7 +421,7 @@ def test_ls_push_connect_backend(ls_server, backend_factory, tmp_path, monkeypat
         if p["title"] == title
     ]
     (ml,) = ls.call("GET", "/api/ml", params={"project": project["id"]})
-    assert ml["url"] == backend_url and ml["is_interactive"]
+    assert ml["url"] == backend_url and ml["is_interactive"] and ml["auth_method"] == "BASIC_AUTH"
     (task,) = ls.call("GET", "/api/tasks", params={"project": project["id"]})["tasks"]
     answer = ls.call(
         "POST",

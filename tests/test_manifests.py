@@ -660,6 +660,12 @@ def test_job_host_paths_and_the_init_dirs_container(overlay):
         if part == "deploySpec":
             env = {e["name"]: e.get("value") for e in spec["containers"][0]["env"]}
             assert {env["edge_output_url"], env["unseen_save_url"], env["INFERENCE_RESULT_DIR"]} <= set(dirs)
+            store = env["SEDNA_SAM_STORE"]
+            assert store in dirs, "a local store root is created by init-dirs (the shipper never creates it)"
+            if "://" not in store:
+                assert store.startswith(settings["edgeDataRoot"].rstrip("/") + "/"), (
+                    "a local store must be on edgeDataRoot"
+                )
         else:
             assert dirs == [f"{output.rstrip('/')}/train", f"{output.rstrip('/')}/eval"]
 

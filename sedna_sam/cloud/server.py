@@ -7,28 +7,34 @@
   Label Studio) or as ``?secret=`` in the URL; compared in constant time. Missing secret:
   401; wrong secret: 403. The handler only marks the sample labelled (fast, idempotent);
   the worker loop fetches the annotation from Label Studio and ingests it.
+
+Runs on :class:`sedna_sam.httpserver.BoundedHTTPServer`: a listen backlog and a waiting
+queue big enough for a burst of webhook deliveries (Label Studio does not retry them), a
+read timeout, bodies over :data:`MAX_BODY` refused with 413, a payload whose ids or dates
+are not what Label Studio sends refused with 400.
 """
 
 from __future__ import annotations
 
 import hmac
-import json
 import logging
 import threading
 from collections.abc import Callable
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from sedna_sam.cloud.metrics import CONTENT_TYPE
 from sedna_sam.cloud.service import AnnotationService
+from sedna_sam.httpserver import BoundedHTTPServer, HttpError, JsonHandler
 
 log = logging.getLogger(__name__)
 
 SECRET_HEADER = "X-Sedna-Sam-Secret"
 ANNOTATION_ACTIONS = frozenset({"ANNOTATION_CREATED", "ANNOTATION_UPDATED"})
 MAX_BODY = 8 * 1024 * 1024  # a webhook payload with a big annotation is well below this
+MAX_ID = 2**63 - 1  # Label Studio's ids are 64-bit integers (and so are the queue's)
+HTTP_WORKERS, HTTP_QUEUE = 16, 512  # 100 simultaneous deliveries are all answered (tested)
 
 
 def check_secret(expected: str, given: str | None) -> HTTPStatus | None:
@@ -48,6 +54,8 @@ def annotation_from_payload(payload: Any) -> tuple[int, int, str | None] | None:
         return None
     annotation = payload.get("annotation") or {}
     task = payload.get("task") or {}
+    if not isinstance(annotation, dict):
+        raise ValueError("'annotation' is not an object")
     task_id = task.get("id") if isinstance(task, dict) else task
     if task_id is None:
         task_id = annotation.get("task")
@@ -55,26 +63,30 @@ def annotation_from_payload(payload: Any) -> tuple[int, int, str | None] | None:
         raise ValueError("payload has no task id or annotation id")
     if annotation.get("was_cancelled"):
         return None  # a skipped task is no label
-    return int(task_id), int(annotation["id"]), annotation.get("updated_at")
+    updated_at = annotation.get("updated_at")
+    if updated_at is not None and (not isinstance(updated_at, str) or len(updated_at) > 64):
+        raise ValueError("annotation updated_at is not a date string")
+    return _id(task_id, "task id"), _id(annotation["id"], "annotation id"), updated_at
 
 
-class Handler(BaseHTTPRequestHandler):
+def _id(value: Any, what: str) -> int:
+    """A Label Studio id: a positive 64-bit integer (not a bool, a float or 2**70)."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= MAX_ID:
+        raise ValueError(f"{what} {str(value)[:40]!r} is not a positive 64-bit integer")
+    return value
+
+
+class Handler(JsonHandler):
     service: AnnotationService  # set on the subclass made by make_server
     alive: threading.Event
     server_version = "sedna-sam-cloud"
-
-    def log_message(self, fmt: str, *args: Any) -> None:  # quiet access log, no query strings
-        log.debug("%s %s", self.command, urlsplit(self.path).path)
+    max_body = MAX_BODY
 
     def _send(self, status: HTTPStatus, body: bytes, content_type: str = "application/json") -> None:
-        self.send_response(status)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
+        self.send_bytes(status, body, content_type)
 
     def _json(self, status: HTTPStatus, obj: Any) -> None:
-        self._send(status, json.dumps(obj).encode("utf-8"))
+        self.send_json(status, obj)
 
     def do_GET(self) -> None:  # noqa: N802 - http.server's naming
         path = urlsplit(self.path).path
@@ -110,10 +122,11 @@ class Handler(BaseHTTPRequestHandler):
             self._json(refused, {"error": refused.phrase})
             return
         try:
-            length = int(self.headers.get("Content-Length") or 0)
-            if length > MAX_BODY:
-                raise ValueError(f"body of {length} bytes is too large")
-            found = annotation_from_payload(json.loads(self.rfile.read(length) or b"null"))
+            found = annotation_from_payload(self.read_json())
+        except HttpError as exc:
+            self.service.metrics.webhook("bad_request")
+            self._json(exc.status, {"error": str(exc)})
+            return
         except (ValueError, TypeError, AttributeError) as exc:
             self.service.metrics.webhook("bad_request")
             self._json(HTTPStatus.BAD_REQUEST, {"error": f"not a Label Studio annotation webhook: {exc}"})
@@ -122,19 +135,23 @@ class Handler(BaseHTTPRequestHandler):
             self.service.metrics.webhook("ignored")
             self._json(HTTPStatus.OK, {"result": "ignored"})
             return
-        outcome = self.service.annotation_event(*found)
+        try:
+            outcome = self.service.annotation_event(*found)
+        except Exception:  # noqa: BLE001 - answer, never leave Label Studio hanging
+            log.exception("webhook for task %s failed", found[0])
+            self.service.metrics.webhook("error")
+            self._json(HTTPStatus.INTERNAL_SERVER_ERROR, {"error": "could not record the annotation"})
+            return
         self.service.metrics.webhook("accepted" if outcome != "unknown-task" else "ignored")
         self._json(HTTPStatus.OK, {"result": outcome})
 
 
 def make_server(
     service: AnnotationService, host: str, port: int, alive: threading.Event
-) -> ThreadingHTTPServer:
+) -> BoundedHTTPServer:
     """An HTTP server bound to (host, port) serving ``service``; port 0 picks a free one."""
     handler = type("BoundHandler", (Handler,), {"service": service, "alive": alive})
-    server = ThreadingHTTPServer((host, port), handler)
-    server.daemon_threads = True
-    return server
+    return BoundedHTTPServer((host, port), handler, workers=HTTP_WORKERS, queue=HTTP_QUEUE)
 
 
 def serve(
@@ -144,7 +161,7 @@ def serve(
     *,
     interval_s: float = 5.0,
     stop: threading.Event | None = None,
-    ready: Callable[[ThreadingHTTPServer], None] | None = None,
+    ready: Callable[[BoundedHTTPServer], None] | None = None,
 ) -> None:
     """Run the HTTP endpoints in a thread and the worker loop here until ``stop`` is set
     (SIGTERM/SIGINT set it in the CLI). Each loop is one :meth:`AnnotationService.step`;

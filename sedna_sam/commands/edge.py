@@ -101,6 +101,17 @@ def register(subparsers) -> None:
     )
     run.add_argument("--max-frames", type=int, default=None, help="stop after N frames")
     run.add_argument(
+        "--metrics-port",
+        type=int,
+        default=None,
+        help="serve Prometheus /metrics on this port (frames, flags per scorer, buffer, shipper, model)",
+    )
+    run.add_argument(
+        "--metrics-host",
+        default="127.0.0.1",
+        help="address for /metrics (in a pod: 0.0.0.0; default 127.0.0.1)",
+    )
+    run.add_argument(
         "--no-sedna-lib", action="store_true", help="do not use the Sedna lib even when it is installed"
     )
     run.set_defaults(func=cmd_run)
@@ -206,42 +217,75 @@ def cmd_run(args) -> int:
     return code  # not reached
 
 
+FINAL_PASS_S = 30.0  # last shipping pass when the source is done
+FINAL_PASS_ON_STOP_S = 4.0  # ... and after SIGTERM (Sedna's worker must end within 10 s)
+
+
 def _run_frames(args, settings, stop: threading.Event, use_lib: bool) -> int:
-    """The frame loop (plain, or through Sedna's lib) with the shipper beside it."""
+    """The frame loop (plain, or through Sedna's lib) with the supervised shipper beside it.
+    The summary and the exit status include the shipping: samples left in the buffer and
+    shipper crashes fail the run."""
     from sedna_sam.edge.buffer import SampleBuffer
-    from sedna_sam.edge.shipper import Shipper
+    from sedna_sam.edge.shipper import Shipper, SupervisedShipper
     from sedna_sam.edge.worker import EdgeWorker
 
-    worker = None if use_lib else EdgeWorker(settings)
+    metrics = None
+    if args.metrics_port is not None:
+        from sedna_sam.edge.metrics import EdgeMetrics
+
+        metrics = EdgeMetrics(settings.node)
+        metrics.serve(args.metrics_port, args.metrics_host)
+    worker = None if use_lib else EdgeWorker(settings, metrics=metrics)
     store = _store(args)
-    ship_thread = None
-    shipper = None
-    ship_stop = threading.Event()
+    shipping: SupervisedShipper | None = None
     if store:
         buffer = worker.buffer if worker else SampleBuffer(settings.unseen_dir)
-        shipper = Shipper(buffer, store, settings.node)
-        ship_thread = threading.Thread(
-            target=shipper.run, kwargs={"stop": ship_stop}, name="shipper", daemon=True
-        )
-        ship_thread.start()
+        shipping = SupervisedShipper(Shipper(buffer, store, settings.node)).start()
+        if metrics is not None:
+            metrics.shipper = shipping
+    report = None
     try:
         if use_lib:
             from sedna_sam.edge.sedna_inference import run_with_sedna_lib
 
-            report = run_with_sedna_lib(settings, stop)
+            report = run_with_sedna_lib(settings, stop, metrics)
         else:
             report = worker.run(stop)
     finally:
-        if ship_thread:
-            if not stop.is_set():  # source finished: give the shipper one last pass
-                try:
-                    shipper.ship_pending()
-                except Exception as exc:
-                    log.warning("last shipping pass failed (%s); samples stay buffered", exc)
-            ship_stop.set()
-            ship_thread.join(timeout=5 if stop.is_set() else 30)
+        if metrics is not None:
+            metrics.close()
+        if shipping is not None:
+            if stop.is_set():  # SIGTERM: one short last pass, then go
+                shipping.stop(FINAL_PASS_ON_STOP_S, join_s=FINAL_PASS_ON_STOP_S + 1)
+            else:
+                shipping.stop(FINAL_PASS_S)
+            if report is not None:
+                _report_shipping(report, shipping, store)
     print(report.summary(), flush=True)
     return report.exit_code
+
+
+def _report_shipping(report, shipping, store: str) -> None:
+    """Shipping outcome into the run's report: counts, and a failure for what is left."""
+    stats = shipping.stats
+    left = len(shipping.shipper.buffer.samples())
+    report.count("samples shipped", stats.shipped)
+    if stats.already_there:
+        report.count("samples already in the store", stats.already_there)
+    if stats.retries:
+        report.count("store errors retried", stats.retries)
+    if shipping.crashes:
+        report.fail(
+            "shipper",
+            f"the shipper failed {shipping.crashes} time(s) and was restarted; last: {shipping.last_error}",
+        )
+    if left:
+        why = f" (last store error: {stats.last_store_error})" if stats.last_store_error else ""
+        report.fail(
+            "shipper",
+            f"{left} flagged sample(s) not shipped to {store}, kept in {shipping.shipper.buffer.root}{why}; "
+            "the next `edge run` or `sedna-sam edge ship` sends them",
+        )
 
 
 def cmd_calibrate(args) -> int:
@@ -266,7 +310,7 @@ def cmd_calibrate(args) -> int:
 def cmd_ship(args) -> int:
     from sedna_sam import sedna_compat
     from sedna_sam.edge.buffer import SampleBuffer
-    from sedna_sam.edge.shipper import Shipper
+    from sedna_sam.edge.shipper import Shipper, SupervisedShipper
 
     store = _store(args)
     if not store:
@@ -277,10 +321,26 @@ def cmd_ship(args) -> int:
     node = args.node or sedna_compat.node_name()
     shipper = Shipper(SampleBuffer(unseen), store, node, args.backoff, args.max_backoff)
     give_up = args.give_up_after if args.give_up_after is not None else (None if args.follow else 300.0)
-    stats = shipper.run(_stop_on_signals(), once=not args.follow, give_up_after_s=give_up)
+    stop = _stop_on_signals()
+    crashes = 0
+    if args.follow:  # store errors are retried inside; anything else restarts the shipper
+        supervised = SupervisedShipper(
+            shipper, restart_backoff_s=args.backoff, max_backoff_s=args.max_backoff
+        )
+        stop_watch = threading.Thread(
+            target=lambda: (stop.wait(), supervised.request_stop(FINAL_PASS_S)), daemon=True
+        )
+        stop_watch.start()
+        supervised.run_forever()  # until SIGTERM/SIGINT, then one last pass
+        crashes = supervised.crashes
+        stats = supervised.stats
+    else:
+        stats = shipper.run(stop, once=True, give_up_after_s=give_up)
     left = len(shipper.buffer.samples())
     print(
         f"{stats.shipped} shipped, {stats.already_there} already in the store, {stats.failed} failed, "
         f"{stats.retries} retries, {left} left in the buffer"
+        + (f", shipper restarted {crashes} time(s)" if crashes else "")
+        + (f"; last store error: {stats.last_store_error}" if left and stats.last_store_error else "")
     )
-    return 0 if left == 0 else 1
+    return 0 if left == 0 and not crashes else 1

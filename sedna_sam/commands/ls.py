@@ -59,6 +59,8 @@ def _up(args: argparse.Namespace) -> int:
         f'              export LABEL_STUDIO_API_KEY="$(cat {server.token_file})"\n'
         f"              export LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT={server.document_root}\n"
         f"  images must lie under the document root {server.document_root}\n"
+        f"  data dir {server.data_dir} is private (0700); Label Studio's error reporting to Sentry and\n"
+        f"  its usage analytics are off (SENTRY_DSN, FRONTEND_SENTRY_DSN empty, COLLECT_ANALYTICS=false)\n"
         f"  stop it:    sedna-sam ls down --data-dir {server.data_dir}"
     )
     return 0
@@ -83,6 +85,10 @@ def _push(args: argparse.Namespace) -> int:
 
     labels = load_labels(args.config_path or "cityscapes")
     url, token = _credentials(args)
+    if args.connect_backend:  # missing backend credentials stop the command before it pushes
+        from sedna_sam.labelstudio.backend import BackendAuth, _auth_fields
+
+        _auth_fields(BackendAuth.from_env())
     with LabelStudioClient(url, token) as client:
         report = push_dataset(
             args.dataset_dir,
@@ -95,9 +101,11 @@ def _push(args: argparse.Namespace) -> int:
         )
     print(f"project: {project_url(url, report.project['id'])}")
     if args.connect_backend:
-        from sedna_sam.labelstudio.backend import connect_interactive
+        from sedna_sam.labelstudio.backend import BackendAuth, connect_interactive
 
-        ml = connect_interactive(url, token, report.project["id"], args.connect_backend, labels)
+        ml = connect_interactive(
+            url, token, report.project["id"], args.connect_backend, labels, auth=BackendAuth.from_env()
+        )
         print(f"interactive backend {args.connect_backend} connected (ML backend id {ml['id']})")
     return finish(report)
 
@@ -194,7 +202,8 @@ def register(subparsers) -> None:
         metavar="URL",
         default=None,
         help="also connect a running `sedna-sam ls backend` at URL as the project's interactive ML "
-        "backend (adds smart keypoint/box tools to the labeling config)",
+        "backend (adds smart keypoint/box tools to the labeling config; basic auth from "
+        "$SEDNA_SAM_BACKEND_USER / $SEDNA_SAM_BACKEND_PASSWORD)",
     )
     push.set_defaults(func=_push)
 

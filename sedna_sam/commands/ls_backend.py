@@ -20,9 +20,19 @@ RectangleLabels): `sedna-sam ls push --connect-backend URL` sets it up and conne
 backend; or in the UI: Settings > Model > Connect model, URL of this server, "Interactive
 preannotations" on.
 
-Images: /data/local-files/ URLs are read from --document-root when the file is there,
-otherwise fetched from Label Studio with the token (LABEL_STUDIO_API_KEY, or the one Label
-Studio passes at /setup). The token is never logged.
+Credentials (required; from env / a Secret, never on the command line): every route but
+/health needs HTTP basic auth with $SEDNA_SAM_BACKEND_USER / $SEDNA_SAM_BACKEND_PASSWORD
+(what Label Studio's model connection sends; `ls push --connect-backend` sets them there)
+or "Authorization: Bearer $SEDNA_SAM_BACKEND_TOKEN". Anything else gets 401.
+
+Images: /data/local-files/?d=<relative path> is read from under --document-root (realpath,
+never outside it) when the file is there, otherwise fetched from Label Studio
+(--label-studio-url, token $LABEL_STUDIO_API_KEY); other URLs only from that same Label
+Studio origin. Absolute paths, file://, s3:// and other hosts are refused. The URL and the
+token Label Studio sends at /setup are ignored; the token is never logged. Images over
+$SEDNA_SAM_MAX_IMAGE_PIXELS (default 50 MP) are refused from their header.
+
+Listens on 127.0.0.1 unless --host says otherwise (a container: --host 0.0.0.0).
 """
 
 
@@ -47,7 +57,9 @@ def register_ls(ls_subparsers) -> None:
     )
     p.add_argument("--device", default=None, help="cuda, cuda:1, cpu (default: cuda when available)")
     p.add_argument(
-        "--host", default=os.environ.get("BACKEND_HOST", "0.0.0.0"), help="listen address (default 0.0.0.0)"
+        "--host",
+        default=os.environ.get("BACKEND_HOST", "127.0.0.1"),
+        help="listen address (default $BACKEND_HOST or 127.0.0.1; 0.0.0.0 in a container)",
     )
     p.add_argument(
         "--port", type=int, default=int(os.environ.get("BACKEND_PORT", "9090")), help="default 9090"
@@ -74,25 +86,51 @@ def register_ls(ls_subparsers) -> None:
         help="Label Studio's local-files document root, to read images directly "
         "(default $LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT)",
     )
+    p.add_argument(
+        "--max-request-bytes",
+        type=int,
+        default=16 << 20,
+        help="larger request bodies get HTTP 413 (default 16 MiB)",
+    )
+    p.add_argument(
+        "--max-image-bytes",
+        type=int,
+        default=64 << 20,
+        help="largest image fetched from Label Studio (default 64 MiB)",
+    )
+    p.add_argument(
+        "--workers", type=int, default=4, help="requests served at once (default 4; 32 more may wait)"
+    )
     p.set_defaults(func=run_backend)
 
 
 def run_backend(args) -> int:
-    from sedna_sam.labelstudio.backend import InteractiveSam, SamBackend, image_source_from_env, make_server
+    from sedna_sam.labelstudio.backend import (
+        BackendAuth,
+        InteractiveSam,
+        SamBackend,
+        image_source_from_env,
+        make_server,
+    )
     from sedna_sam.models import load_sam
 
+    auth = BackendAuth.from_env().require()  # no credentials: stop before loading SAM
+    images = image_source_from_env(args.label_studio_url, None, args.document_root)
+    images.max_bytes = args.max_image_bytes
     sam = load_sam(args.ckpt_path, model_type=args.model_type, device=args.device)
     engine = InteractiveSam(sam, cache_size=args.cache_size)
     version = f"sam-{os.path.splitext(os.path.basename(args.ckpt_path))[0]}"
     backend = SamBackend(
         engine,
-        image_source_from_env(args.label_studio_url, None, args.document_root),
+        images,
         model_version=version,
         tolerance_px=args.tolerance_px,
         min_area_px=args.min_area_px,
         multimask=args.multimask,
     )
-    server = make_server(backend, args.host, args.port)
+    server = make_server(
+        backend, args.host, args.port, auth=auth, max_body=args.max_request_bytes, workers=args.workers
+    )
     host, port = server.server_address[:2]
     log.info("interactive SAM backend %s listening on http://%s:%d (Ctrl+C to stop)", version, host, port)
     try:

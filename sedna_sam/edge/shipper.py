@@ -17,8 +17,14 @@ repaired on the next run:
 4. delete the local JSON, then the local image (a crash in between leaves an orphan
    image that :meth:`SampleBuffer.clean_orphans` removes).
 
-While the store is unreachable, the shipper waits with exponential backoff (capped) and
-the samples stay in the buffer.
+While the store is unreachable or not writable (network down, a permission or disk-full
+error, a store root that is not there), the shipper waits with exponential backoff
+(capped) and the samples stay in the buffer. It never creates the store root (a local
+store whose volume did not mount is waited for, not invented): only ``flagged/<node>/``
+below it. Temporary files an interrupted upload left in ``flagged/<node>/`` are removed
+when it starts (and, once old, while it runs). :class:`SupervisedShipper` runs it beside
+the frame loop of ``edge run``: a crash is counted and the loop restarted, and a stop
+(SIGTERM) gets one last bounded pass.
 """
 
 from __future__ import annotations
@@ -40,8 +46,17 @@ log = logging.getLogger(__name__)
 LEDGER_NAME = ".shipped.jsonl"
 
 
+STALE_TMP_S = 300.0  # a temporary upload file older than this is a leftover, not a write in progress
+
+
 class StoreUnreachable(Exception):
-    """The store did not answer (network, endpoint down): retry later."""
+    """The store did not answer or refused a write (network, endpoint down, permissions,
+    disk full, root missing): retry later."""
+
+
+class StoreMissing(StoreUnreachable):
+    """A local store's root directory does not exist (not mounted?): waited for by a
+    running shipper, reported at once by a one-shot pass."""
 
 
 @dataclass
@@ -51,6 +66,8 @@ class ShipStats:
     failed: int = 0
     retries: int = 0
     shipped_ids: list[str] = field(default_factory=list)
+    last_store_error: str | None = None
+    temporaries_removed: int = 0
 
 
 def sample_key(store_root: str, node: str, name: str) -> str:
@@ -68,6 +85,7 @@ class Shipper:
         node: str,
         backoff_s: float = 1.0,
         max_backoff_s: float = 60.0,
+        stale_tmp_s: float = STALE_TMP_S,
     ) -> None:
         self.buffer = buffer
         self.store_url = store_url
@@ -79,8 +97,67 @@ class Shipper:
             self.fs = _fail_fast_s3(self.fs)
         self.backoff_s = backoff_s
         self.max_backoff_s = max_backoff_s
+        self.stale_tmp_s = stale_tmp_s
         self.ledger_path = buffer.root / LEDGER_NAME
         self.stats = ShipStats()
+        self._node_dir_ready = False
+        self._last_sweep = 0.0
+
+    # --- the store's side ---
+
+    @property
+    def node_dir(self) -> str:
+        return f"{self.root.rstrip('/')}/flagged/{self.node}"
+
+    def _ensure_node_dir(self) -> None:
+        """``<root>/flagged/<node>/``, made if missing; the root itself must exist on a local
+        store (:class:`StoreUnreachable` otherwise: a volume that did not mount is waited
+        for, never replaced by a fresh directory)."""
+        if not self.local_store:
+            if not self._node_dir_ready:
+                self.fs.makedirs(self.node_dir, exist_ok=True)
+                self._node_dir_ready = True
+            return
+        if not os.path.isdir(self.root):
+            raise StoreMissing(
+                f"{self.store_url}: the store root {self.root} does not exist (a volume that did not "
+                "mount?); it is not created here: create or mount it"
+            )
+        flagged = os.path.join(self.root, "flagged")
+        for path in (flagged, self.node_dir):
+            try:
+                os.mkdir(path)
+            except FileExistsError:
+                pass
+
+    def clean_temporaries(self, min_age_s: float = 0.0) -> int:
+        """Remove temporary upload files (``.<name>.<random>.tmp``) older than ``min_age_s``
+        from this node's directory of a local store (an upload killed after writing one);
+        returns how many. 0 removes them all: what a (re)starting shipper does."""
+        if not self.local_store or not os.path.isdir(self.node_dir):
+            return 0
+        now, removed = time.time(), 0
+        for entry in os.scandir(self.node_dir):
+            if not (entry.name.startswith(".") and entry.name.endswith(".tmp")):
+                continue
+            try:
+                if entry.is_file(follow_symlinks=False) and now - entry.stat().st_mtime >= min_age_s:
+                    os.unlink(entry.path)
+                    removed += 1
+            except FileNotFoundError:
+                continue
+        if removed:
+            log.info("removed %d temporary file(s) an interrupted upload left in %s", removed, self.node_dir)
+        self.stats.temporaries_removed += removed
+        return removed
+
+    def _sweep(self) -> None:
+        """Start-up and periodic store housekeeping; store errors count as unreachable."""
+        try:
+            self.clean_temporaries(0.0 if not self._last_sweep else self.stale_tmp_s)
+        except OSError as exc:
+            raise StoreUnreachable(f"{self.store_url}: {type(exc).__name__}: {exc}") from exc
+        self._last_sweep = time.monotonic()
 
     # --- ledger: ids whose upload completed, until their local files are gone ---
 
@@ -143,29 +220,31 @@ class Shipper:
     def ship_one(self, sample: BufferedSample, ledger: set[str]) -> bool:
         """Ship one sample; True when it is safely in the store and removed locally.
 
-        Raises :class:`StoreUnreachable` on connection errors.
+        Raises :class:`StoreUnreachable` when the store cannot be reached or written
+        (connection errors, permissions, a full disk, a missing root): retryable.
         """
         image_key = sample_key(self.root, self.node, sample.image_path.name)
         json_key = sample_key(self.root, self.node, sample.json_path.name)
+        data = meta_bytes = None
+        if sample.sample_id not in ledger:
+            try:  # the local side first: its errors are not the store's
+                data = sample.image_path.read_bytes()
+                meta_bytes = sample.json_path.read_bytes()
+            except FileNotFoundError:
+                return False  # dropped by the buffer meanwhile
+            if hashlib.sha256(data).hexdigest() != sample.meta["sha256"]:
+                log.error(
+                    "%s: local image does not match its metadata (sha256); kept, not shipped",
+                    sample.image_path,
+                )
+                self.stats.failed += 1
+                return False
         try:
-            if sample.sample_id in ledger or self._remote_complete(sample, image_key, json_key):
+            if data is None or self._remote_complete(sample, image_key, json_key):
                 self.stats.already_there += 1
                 log.info("%s: already in the store; removing the local copy", sample.sample_id)
             else:
-                try:
-                    data = sample.image_path.read_bytes()
-                    meta_bytes = sample.json_path.read_bytes()
-                except FileNotFoundError:
-                    return False  # dropped by the buffer meanwhile
-                if hashlib.sha256(data).hexdigest() != sample.meta["sha256"]:
-                    log.error(
-                        "%s: local image does not match its metadata (sha256); kept, not shipped",
-                        sample.image_path,
-                    )
-                    self.stats.failed += 1
-                    return False
-                if not self.local_store:
-                    self.fs.makedirs(os.path.dirname(image_key), exist_ok=True)
+                self._ensure_node_dir()
                 self._put(image_key, data)
                 if not self._remote_matches(image_key, len(data), sample.meta["sha256"]):
                     log.warning("%s: uploaded image does not verify; will retry", image_key)
@@ -181,31 +260,48 @@ class Shipper:
                     len(data),
                     json_key,
                 )
-            self._ledger_add(sample)
-        except (OSError, ConnectionError, TimeoutError) as exc:
-            if isinstance(exc, (FileNotFoundError, PermissionError, IsADirectoryError)):
-                raise
+        except StoreUnreachable:
+            raise
+        except (OSError, ConnectionError, TimeoutError) as exc:  # PermissionError, ENOSPC, ... included
             raise StoreUnreachable(f"{self.store_url}: {type(exc).__name__}: {exc}") from exc
         except Exception as exc:  # botocore/aiohttp errors are not OSErrors
             if _looks_like_connection_error(exc):
                 raise StoreUnreachable(f"{self.store_url}: {type(exc).__name__}: {exc}") from exc
             raise
+        self._ledger_add(sample)
         self.buffer.remove(sample)
         return True
 
     # --- loops ---
 
-    def ship_pending(self) -> int:
-        """One pass over the buffer; returns how many samples left it.
+    def ship_pending(self, deadline: float | None = None) -> int:
+        """One pass over the buffer (until ``deadline``, a ``time.monotonic()`` value, if
+        given); returns how many samples left it.
 
-        Raises :class:`StoreUnreachable` at the first connection error.
+        Raises :class:`StoreUnreachable` at the first store error.
         """
         ledger = self._ledger()
         n = 0
         for sample in self.buffer.samples():
+            if deadline is not None and time.monotonic() >= deadline:
+                break
             if self.ship_one(sample, ledger):
                 n += 1
         return n
+
+    def final_pass(self, seconds: float) -> bool:
+        """One last pass of at most ``seconds`` (shutdown); True when nothing is left.
+        Store errors are logged and recorded, never raised."""
+        try:
+            self.ship_pending(time.monotonic() + seconds)
+        except StoreUnreachable as exc:
+            self.stats.retries += 1
+            self.stats.last_store_error = str(exc)
+            log.error("last shipping pass: %s; samples stay buffered", exc)
+        left = len(self.buffer.samples())
+        if left:
+            log.warning("%d flagged sample(s) stay in the buffer %s for the next run", left, self.buffer.root)
+        return left == 0
 
     def run(
         self,
@@ -213,17 +309,23 @@ class Shipper:
         poll_s: float = 2.0,
         once: bool = False,
         give_up_after_s: float | None = None,
+        final_pass_s: float | None = None,
     ) -> ShipStats:
         """Ship until ``stop`` is set (or, with ``once``, until the buffer is empty),
-        backing off while the store is unreachable; ``give_up_after_s`` ends the retries
-        after that long without reaching the store (the samples stay buffered)."""
+        backing off while the store is unreachable or not writable; ``give_up_after_s``
+        ends the retries after that long without reaching the store (the samples stay
+        buffered). With ``final_pass_s``, a stop is followed by one last pass of at most
+        that many seconds (samples flagged just before a SIGTERM still go out)."""
         stop = stop or threading.Event()
         self.buffer.clean_orphans()
         self.compact_ledger()
         delay = self.backoff_s
         unreachable_since: float | None = None
+        self._last_sweep = 0.0  # a (re)start removes every temporary an interrupted upload left
         while not stop.is_set():
             try:
+                if not self._last_sweep or time.monotonic() - self._last_sweep >= self.stale_tmp_s:
+                    self._sweep()
                 self.ship_pending()
                 delay, unreachable_since = self.backoff_s, None
                 if once and not self.buffer.samples():
@@ -231,6 +333,10 @@ class Shipper:
                 stop.wait(poll_s)
             except StoreUnreachable as exc:
                 self.stats.retries += 1
+                self.stats.last_store_error = str(exc)
+                if once and isinstance(exc, StoreMissing):
+                    log.error("%s; samples stay buffered", exc)  # a one-shot run does not wait for a mount
+                    break
                 unreachable_since = unreachable_since or time.monotonic()
                 if give_up_after_s is not None and time.monotonic() - unreachable_since >= give_up_after_s:
                     log.error(
@@ -248,7 +354,75 @@ class Shipper:
                 if stop.wait(delay):
                     break
                 delay = min(delay * 2, self.max_backoff_s)
+        if stop.is_set() and final_pass_s is not None:
+            self.final_pass(final_pass_s)
         return self.stats
+
+
+class SupervisedShipper:
+    """A :class:`Shipper` in a thread that does not die: an unexpected error is logged,
+    counted (``crashes``, ``last_error``) and the shipper restarted after a backoff (1 s
+    doubling to 60 s); :meth:`stop` ends it with one last bounded pass."""
+
+    def __init__(
+        self,
+        shipper: Shipper,
+        poll_s: float = 2.0,
+        restart_backoff_s: float = 1.0,
+        max_backoff_s: float = 60.0,
+    ) -> None:
+        self.shipper = shipper
+        self.poll_s = poll_s
+        self.restart_backoff_s = restart_backoff_s
+        self.max_backoff_s = max_backoff_s
+        self.crashes = 0
+        self.last_error: str | None = None
+        self._stop = threading.Event()
+        self._final_pass_s = 30.0
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> SupervisedShipper:
+        self._thread = threading.Thread(target=self.run_forever, name="shipper", daemon=True)
+        self._thread.start()
+        return self
+
+    def run_forever(self) -> None:
+        """Ship until :meth:`stop`, restarting after crashes (the thread's body; also usable
+        in the foreground)."""
+        delay = self.restart_backoff_s
+        while True:
+            try:
+                self.shipper.run(stop=self._stop, poll_s=self.poll_s)
+                break  # run() returns only once stopped
+            except Exception as exc:  # noqa: BLE001 - the shipper must outlive any one failure
+                self.crashes += 1
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                log.exception("shipper failed (%d so far); restarting in %.0f s", self.crashes, delay)
+                if self._stop.wait(delay):
+                    break
+                delay = min(delay * 2, self.max_backoff_s)
+        try:
+            self.shipper.final_pass(self._final_pass_s)
+        except Exception as exc:  # noqa: BLE001
+            self.crashes += 1
+            self.last_error = f"{type(exc).__name__}: {exc}"
+            log.exception("last shipping pass failed")
+
+    def request_stop(self, final_pass_s: float = 30.0) -> None:
+        """Ask it to stop after one last pass of at most ``final_pass_s`` seconds."""
+        self._final_pass_s = final_pass_s
+        self._stop.set()
+
+    def stop(self, final_pass_s: float = 30.0, join_s: float | None = None) -> None:
+        """:meth:`request_stop`, then wait for the thread up to ``join_s`` (default
+        ``final_pass_s`` + 5)."""
+        self.request_stop(final_pass_s)
+        if self._thread is not None:
+            self._thread.join(final_pass_s + 5 if join_s is None else join_s)
+
+    @property
+    def stats(self) -> ShipStats:
+        return self.shipper.stats
 
 
 def _fail_fast_s3(fs):
@@ -291,9 +465,11 @@ def _chain(exc: BaseException | None):
 
 
 def ship_once(buffer_dir: str | Path, store_url: str, node: str) -> ShipStats:
-    """Ship what the buffer holds now, once; raises StoreUnreachable when the store is down."""
+    """Ship what the buffer holds now, once; raises StoreUnreachable when the store is down
+    or not writable (its root missing included)."""
     shipper = Shipper(SampleBuffer(buffer_dir), store_url, node)
     shipper.buffer.clean_orphans()
     shipper.compact_ledger()
+    shipper._sweep()
     shipper.ship_pending()
     return shipper.stats

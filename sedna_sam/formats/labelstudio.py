@@ -208,6 +208,58 @@ def task_from_class_map(
 
 # ---------------------------------------------------------------- exports we read
 
+# Limits on what one task of an export may ask of us, so that one hostile or broken task
+# fails alone instead of taking the memory of the converter (or the cloud service) down.
+MAX_POLYGON_VERTICES = 100_000  # an exact 2048x1024 outline of a busy scene has ~12k in all
+MAX_TASK_VERTICES = 1_000_000
+MAX_STEM_BYTES = 200  # train_ids/<stem>_TrainIds_color.png must stay a legal file name
+
+
+def _kind(value: Any) -> str:
+    """How messages name a JSON value's type."""
+    return {dict: "an object", list: "a list", str: "a string", bool: "a boolean"}.get(
+        type(value), "null" if value is None else f"a {type(value).__name__}"
+    )
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _optional_int(value: Any, what: str) -> int | None:
+    """``value`` as an id: an integer or null (a list or a string is refused)."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InputError(f"{what} is {_kind(value)} ({_short(value)}), expected an integer")
+    return value
+
+
+def _optional_str(value: Any, what: str) -> str | None:
+    if value is None or isinstance(value, str):
+        return value
+    raise InputError(f"{what} is {_kind(value)} ({_short(value)}), expected a date string")
+
+
+def _image_ref(value: Any, what: str) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise InputError(f"{what} is {_kind(value)} ({_short(value)}), expected an image URL or path")
+    if "\x00" in value:
+        raise InputError(f"{what} contains a NUL character")
+    return value
+
+
+def _pixels(value: Any, what: str) -> int:
+    """A positive whole number of pixels (``2048`` or ``2048.0``; not 0.5, inf or "2048")."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise InputError(f"{what} is {_kind(value)} ({_short(value)}), expected a positive integer")
+    if isinstance(value, float) and not (np.isfinite(value) and value.is_integer()):
+        raise InputError(f"{what} is {value!r}, expected a positive integer")
+    if value <= 0:
+        raise InputError(f"{what} is {value!r}, expected a positive integer")
+    return int(value)
+
 
 @dataclass
 class ExportedTask:
@@ -216,6 +268,9 @@ class ExportedTask:
     ``results`` are the chosen annotation's results as ``{"type", "value", "original_width",
     "original_height"}`` dicts (``value`` holds ``points`` and ``polygonlabels``);
     ``annotated`` is False when the task has no usable (non-cancelled) annotation.
+    ``error`` says why the task cannot be converted at all (a malformed item of the export:
+    a list where an id belongs, no image, ...); converters fail such a task by its name and
+    go on with the others.
     """
 
     task_id: int | None
@@ -226,25 +281,46 @@ class ExportedTask:
     annotated: bool = True
     source: str = "<memory>"
     export_format: str = "json"
+    error: str | None = None
 
     @property
     def stem(self) -> str:
-        return stem_of_ref(self.image)
+        """Dataset stem of the image; :class:`InputError` naming the task when it cannot
+        be a file name (empty, or too long)."""
+        stem = stem_of_ref(self.image)
+        if not stem or stem in (".", ".."):
+            raise InputError(f"{self.source}: {self.name}: image {_short(self.image)} names no file")
+        if len(stem.encode("utf-8")) > MAX_STEM_BYTES:
+            raise InputError(
+                f"{self.source}: {self.name}: image name is {len(stem.encode('utf-8'))} bytes long; "
+                f"TrainIds file names need it under {MAX_STEM_BYTES} (rename the image)"
+            )
+        return stem
 
     @property
     def name(self) -> str:
         """How messages refer to this task."""
-        return f"task {self.task_id} ({self.image})" if self.task_id is not None else self.image
+        image = _short(self.image, 120) if len(self.image) > 120 else self.image
+        return f"task {self.task_id} ({image})" if self.task_id is not None else image
 
     @property
     def size(self) -> tuple[int, int] | None:
         """(width, height) from the results' original_width/height; None if absent.
-        Raises :class:`InputError` if results disagree."""
-        sizes = {
-            (int(r["original_width"]), int(r["original_height"]))
-            for r in self.results
-            if r.get("original_width") and r.get("original_height")
-        }
+        Raises :class:`InputError` if a size is not a positive integer, is over the pixel
+        cap, or the results disagree."""
+        from sedna_sam.images import check_pixels
+
+        sizes = set()
+        for i, r in enumerate(self.results):
+            w, h = r.get("original_width"), r.get("original_height")
+            if w is None and h is None:
+                continue
+            where = f"{self.source}: {self.name}: result {i}"
+            if w is None or h is None:
+                raise InputError(f"{where} has only one of original_width/original_height")
+            size = (_pixels(w, f"{where}: original_width"), _pixels(h, f"{where}: original_height"))
+            check_pixels(*size, f"{where}: original_width x original_height")
+            sizes.add(size)
         if len(sizes) > 1:
             raise InputError(
                 f"{self.source}: {self.name}: results disagree on the image size: {sorted(sizes)}"
@@ -257,21 +333,33 @@ def _sort_key(ann: dict[str, Any]) -> tuple[str, int]:
 
 
 def _from_full_task(task: dict[str, Any], source: str, image_key: str) -> ExportedTask:
-    data = task.get("data") or {}
-    image = data.get(image_key)
-    if not isinstance(image, str) or not image:
-        raise InputError(f"{source}: task {task.get('id')} has no data.{image_key}")
-    annotations = [
-        a
-        for a in task.get("annotations") or task.get("completions") or []
-        if isinstance(a, dict) and not a.get("was_cancelled") and not a.get("skipped")
-    ]
+    task_id = _optional_int(task.get("id"), "'id'")
+    data = task.get("data")
+    if not isinstance(data, dict):
+        raise InputError(f"'data' is {_kind(data)}, expected an object with {image_key!r}")
+    image = _image_ref(data.get(image_key), f"data.{image_key}")
+    raw = task.get("annotations") or task.get("completions") or []
+    if not isinstance(raw, list):
+        raise InputError(f"'annotations' is {_kind(raw)}, expected a list")
+    annotations = []
+    for j, a in enumerate(raw):
+        if not isinstance(a, dict) or a.get("was_cancelled") or a.get("skipped"):
+            continue
+        _optional_int(a.get("id"), f"annotation {j}: 'id'")
+        _optional_str(a.get("updated_at"), f"annotation {j}: 'updated_at'")
+        _optional_str(a.get("created_at"), f"annotation {j}: 'created_at'")
+        annotations.append(a)
     if not annotations:
-        return ExportedTask(task.get("id"), image, annotated=False, source=source, export_format="json")
+        return ExportedTask(task_id, image, annotated=False, source=source, export_format="json")
     latest = max(annotations, key=_sort_key)
-    results = [r for r in latest.get("result") or [] if isinstance(r, dict)]
+    result = latest.get("result")
+    if result is None:
+        result = []
+    if not isinstance(result, list):
+        raise InputError(f"annotation {latest.get('id')}: 'result' is {_kind(result)}, expected a list")
+    results = [r for r in result if isinstance(r, dict)]
     return ExportedTask(
-        task.get("id"),
+        task_id,
         image,
         results,
         latest.get("id"),
@@ -287,9 +375,12 @@ def _is_region(value: Any) -> bool:
 
 
 def _from_min_record(record: dict[str, Any], source: str, image_key: str) -> ExportedTask:
-    image = record.get(image_key)
-    if not isinstance(image, str) or not image:
-        raise InputError(f"{source}: record {record.get('id')} has no {image_key!r}")
+    task_id = _optional_int(record.get("id"), "'id'")
+    image = _image_ref(record.get(image_key), repr(image_key))
+    annotation_id = _optional_int(record.get("annotation_id"), "'annotation_id'")
+    updated_at = _optional_str(record.get("updated_at"), "'updated_at'") or _optional_str(
+        record.get("created_at"), "'created_at'"
+    )
     results = []
     for key, value in record.items():
         items = value if isinstance(value, list) else [value]
@@ -306,39 +397,64 @@ def _from_min_record(record: dict[str, Any], source: str, image_key: str) -> Exp
                     "value": item,
                 }
             )
-    annotated = record.get("annotation_id") is not None or bool(results)
+    annotated = annotation_id is not None or bool(results)
+    return ExportedTask(task_id, image, results, annotation_id, updated_at, annotated, source, "json-min")
+
+
+class _Unreadable:
+    """A top-level item of an export that could not even be parsed (see :func:`loads_export`)."""
+
+    def __init__(self, message: str) -> None:
+        self.message = message
+
+
+def _failed_item(item: Any, index: int, source: str, message: str) -> ExportedTask:
+    """A task that cannot be converted, named as well as its broken item allows."""
+    task_id = item.get("id") if isinstance(item, dict) else None
+    task_id = task_id if isinstance(task_id, int) and not isinstance(task_id, bool) else None
+    image = None
+    if isinstance(item, dict):
+        data = item.get("data")
+        image = data.get("image") if isinstance(data, dict) else item.get("image")
+    label = image if isinstance(image, str) and image else f"item {index}"
     return ExportedTask(
-        record.get("id"),
-        image,
-        results,
-        record.get("annotation_id"),
-        record.get("updated_at") or record.get("created_at"),
-        annotated,
-        source,
-        "json-min",
+        task_id, label, annotated=True, source=source, error=f"{source}: item {index}: {message}"
     )
 
 
 def parse_export(data: Any, source: str = "<memory>", image_key: str = "image") -> list[ExportedTask]:
     """Parse a loaded export (full JSON or JSON-MIN list, or one task dict) into
-    :class:`ExportedTask` records, one per task (the latest annotation wins)."""
+    :class:`ExportedTask` records, one per task (the latest annotation wins).
+
+    Each item is checked on its own: a malformed one (not an object, an id that is a list,
+    no image, ``annotations`` that is not a list, ...) becomes a task whose ``error`` names
+    the item and the problem; the others are parsed as usual. Only an export that is not a
+    list at all raises :class:`InputError`."""
     if isinstance(data, dict):
         data = [data]
     if not isinstance(data, list):
-        raise InputError(f"{source}: expected a list of tasks, got {type(data).__name__}")
+        raise InputError(f"{source}: expected a list of tasks, got {_kind(data)}")
     tasks: list[ExportedTask] = []
     for i, item in enumerate(data):
-        if not isinstance(item, dict):
-            raise InputError(f"{source}: item {i} is {type(item).__name__}, not a task object")
-        if "data" in item or "annotations" in item or "completions" in item:
-            tasks.append(_from_full_task(item, source, image_key))
-        else:
-            tasks.append(_from_min_record(item, source, image_key))
+        try:
+            if isinstance(item, _Unreadable):
+                raise InputError(item.message)
+            if not isinstance(item, dict):
+                raise InputError(f"is {_kind(item)}, not a task object")
+            if "data" in item or "annotations" in item or "completions" in item:
+                tasks.append(_from_full_task(item, source, image_key))
+            else:
+                tasks.append(_from_min_record(item, source, image_key))
+        except InputError as exc:
+            tasks.append(_failed_item(item, i, source, str(exc)))
     # JSON-MIN lists every annotation of a task; keep the latest per task id.
     latest: dict[Any, ExportedTask] = {}
     order: list[Any] = []
-    for t in tasks:
-        key = t.task_id if t.task_id is not None else ("image", t.image)
+    for i, t in enumerate(tasks):
+        if t.error:
+            key: Any = ("failed", i)
+        else:
+            key = t.task_id if t.task_id is not None else ("image", t.image)
         if key not in latest:
             order.append(key)
             latest[key] = t
@@ -351,16 +467,86 @@ def parse_export(data: Any, source: str = "<memory>", image_key: str = "image") 
     return [latest[k] for k in order]
 
 
+_WS = re.compile(r"[ \t\n\r]*")
+_STRING = re.compile(r'"(?:[^"\\]|\\.)*"', re.S)
+_BRACKETS = re.compile(r'["\[\]{}]')
+
+
+def _skip_value(text: str, start: int) -> int:
+    """Index just past the JSON array/object starting at ``start`` (brackets counted
+    outside strings, no recursion): how an item too deep to parse is stepped over."""
+    depth, pos = 0, start
+    while True:
+        match = _BRACKETS.search(text, pos)
+        if match is None:
+            raise ValueError("unterminated array or object")
+        char = match.group()
+        if char == '"':
+            string = _STRING.match(text, match.start())
+            if string is None:
+                raise ValueError("unterminated string")
+            pos = string.end()
+            continue
+        depth += 1 if char in "[{" else -1
+        pos = match.end()
+        if depth == 0:
+            return pos
+
+
+def loads_export(text: str, source: str) -> Any:
+    """``json.loads`` for an export, except that a top-level item nested deeper than the
+    parser can follow becomes one unreadable item (reported by :func:`parse_export` as a
+    failed task) instead of failing the whole file. Raises :class:`InputError` naming the
+    file when it is not JSON."""
+    try:
+        return json.loads(text)
+    except RecursionError:
+        pass
+    except ValueError as exc:
+        raise InputError(f"{source}: malformed JSON ({exc})") from None
+    decoder = json.JSONDecoder()
+    pos = _WS.match(text, 0).end()
+    if text[pos : pos + 1] != "[":
+        raise InputError(f"{source}: malformed JSON (nested too deeply to read)")
+    items: list[Any] = []
+    pos = _WS.match(text, pos + 1).end()
+    if text[pos : pos + 1] == "]":
+        return items
+    try:
+        while True:
+            try:
+                item, pos = decoder.raw_decode(text, pos)
+            except RecursionError:
+                end = _skip_value(text, pos)
+                item = _Unreadable(
+                    f"nested deeper than the JSON reader follows ({end - pos} characters skipped)"
+                )
+                pos = end
+            items.append(item)
+            pos = _WS.match(text, pos).end()
+            sep = text[pos : pos + 1]
+            if sep == "]":
+                return items
+            if sep != ",":
+                raise ValueError(f"expected ',' or ']' at character {pos}")
+            pos = _WS.match(text, pos + 1).end()
+    except ValueError as exc:
+        raise InputError(f"{source}: malformed JSON ({exc})") from None
+
+
 def read_export(path: str | Path, image_key: str = "image") -> list[ExportedTask]:
-    """Read a Label Studio export file (JSON-MIN or full JSON); errors name the file."""
+    """Read a Label Studio export file (JSON-MIN or full JSON); errors name the file, and
+    a malformed task fails alone (see :func:`parse_export`)."""
     path = Path(path)
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise InputError(f"{path}: export file not found") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except UnicodeDecodeError as exc:
         raise InputError(f"{path}: malformed JSON ({exc})") from None
-    return parse_export(data, str(path), image_key)
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read the export ({exc.strerror})") from None
+    return parse_export(loads_export(text, str(path)), str(path), image_key)
 
 
 def regions_from_export(
@@ -377,38 +563,59 @@ def regions_from_export(
     Points outside 0..100 % are clipped (warning, counted as ``points clipped``); a label
     the config lacks raises :class:`InputError` naming label and task, or with
     ``ignore_unknown_labels`` is skipped (``unknown labels skipped``); non-polygon results
-    are counted as ``non-polygon results ignored``.
+    are counted as ``non-polygon results ignored``. A malformed polygon (a ``value`` that
+    is not an object, points that are not ``[[x, y], ...]``, more than
+    :data:`MAX_POLYGON_VERTICES` vertices) raises :class:`InputError` naming the task.
     """
     notes = notes if notes is not None else {}
     label2id = labels.label2id
     regions: list[Region] = []
     clipped = 0
-    for result in task.results:
-        value = result.get("value") or {}
+    vertices = 0
+    for i, result in enumerate(task.results):
+        where = f"{task.source}: {task.name}: result {i}"
         kind = str(result.get("type") or "").lower()
+        value = result.get("value")
+        if kind == POLYGON_TYPE and not isinstance(value, dict):
+            raise InputError(f"{where}: 'value' is {_kind(value)}, expected an object with points")
         if kind != POLYGON_TYPE or "points" not in value:
             notes["non-polygon results ignored"] = notes.get("non-polygon results ignored", 0) + 1
             continue
         names = value.get("polygonlabels") or []
         if isinstance(names, str):
             names = [names]
-        if not names:
-            raise InputError(f"{task.source}: {task.name}: a polygon has no label")
+        if not isinstance(names, list) or not names:
+            raise InputError(f"{where}: the polygon has no label")
         name = names[0]
+        if not isinstance(name, str):
+            raise InputError(f"{where}: the polygon's label is {_kind(name)}, expected a string")
         if name not in label2id:
             if ignore_unknown_labels:
                 notes["unknown labels skipped"] = notes.get("unknown labels skipped", 0) + 1
                 continue
             raise InputError(
-                f"{task.source}: {task.name}: label {name!r} is not in the labels config "
+                f"{task.source}: {task.name}: label {_short(name)} is not in the labels config "
                 f"{labels.source} (pass --ignore-unknown-labels to skip such regions)"
             )
+        points = value["points"]
+        if not isinstance(points, list):
+            raise InputError(f"{where}: polygon points are {_kind(points)}, expected [[x, y], ...]")
+        if len(points) > MAX_POLYGON_VERTICES:
+            raise InputError(
+                f"{where}: a polygon of {len(points)} vertices (at most {MAX_POLYGON_VERTICES} are "
+                "accepted; simplify it)"
+            )
+        vertices += len(points)
+        if vertices > MAX_TASK_VERTICES:
+            raise InputError(
+                f"{task.source}: {task.name}: polygons of more than {MAX_TASK_VERTICES} vertices in all"
+            )
         try:
-            pts = np.asarray(value["points"], dtype=np.float64).reshape(-1, 2)
-        except (TypeError, ValueError):
-            raise InputError(f"{task.source}: {task.name}: polygon points are not [[x, y], ...]") from None
+            pts = np.asarray(points, dtype=np.float64).reshape(-1, 2)
+        except (TypeError, ValueError, OverflowError):
+            raise InputError(f"{where}: polygon points are not [[x, y], ...]") from None
         if not np.isfinite(pts).all():
-            raise InputError(f"{task.source}: {task.name}: polygon points are not finite numbers")
+            raise InputError(f"{where}: polygon points are not finite numbers")
         outside = (pts < 0) | (pts > 100)
         if outside.any():
             clipped += int(outside.any(axis=1).sum())

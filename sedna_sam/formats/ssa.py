@@ -59,10 +59,20 @@ def rles_to_semantic_mask(rles: dict[str, dict[str, Any]], source: str = "<memor
     """(H, W) uint16 class map from a ``semantic_mask`` dict; pixels no class covers are 255."""
     if not rles:
         raise InputError(f"{source}: 'semantic_mask' is empty")
+    from sedna_sam.images import check_pixels
+
+    if not isinstance(rles, dict):
+        raise InputError(f"{source}: 'semantic_mask' is a {type(rles).__name__}, expected an object")
     class_map: np.ndarray | None = None
     for key, rle in rles.items():
         try:
             class_id = int(key)
+            height, width = (int(v) for v in rle["size"])
+        except (KeyError, TypeError, ValueError, OverflowError) as exc:
+            raise InputError(f"{source}: bad RLE for class {key!r} ({exc})") from None
+        # the size is checked before decoding: a 1 KB file may declare 100000 x 100000
+        check_pixels(width, height, f"{source}: class {key} mask")
+        try:
             mask = decode_rle(rle)
         except (KeyError, TypeError, ValueError) as exc:
             raise InputError(f"{source}: bad RLE for class {key!r} ({exc})") from None
@@ -100,6 +110,8 @@ def read_ssa(path: str | Path) -> SSAResult:
         raise InputError(f"{path}: file not found") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise InputError(f"{path}: malformed JSON ({exc})") from None
+    except RecursionError:
+        raise InputError(f"{path}: malformed JSON (nested too deeply)") from None
     if not isinstance(doc, dict) or "semantic_mask" not in doc:
         raise InputError(f"{path}: not an SSA file (no 'semantic_mask' key)")
     return SSAResult(
@@ -107,9 +119,16 @@ def read_ssa(path: str | Path) -> SSAResult:
     )
 
 
-def ssa_document(class_map: np.ndarray, annotations: list[dict[str, Any]]) -> dict[str, Any]:
-    """The SSA JSON object for a final class map and labelled SAM records."""
-    return {"annotations": annotations, "semantic_mask": semantic_mask_to_rles(class_map)}
+def ssa_document(
+    class_map: np.ndarray, annotations: list[dict[str, Any]], metadata: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """The SSA JSON object for a final class map and labelled SAM records; ``metadata``
+    (how the file was made, e.g. SAM's mode) goes under an extra ``metadata`` key that
+    SSA readers ignore."""
+    doc = {"annotations": annotations, "semantic_mask": semantic_mask_to_rles(class_map)}
+    if metadata is not None:
+        doc["metadata"] = metadata
+    return doc
 
 
 def write_ssa(path: str | Path, class_map: np.ndarray, annotations: list[dict[str, Any]]) -> Path:

@@ -437,6 +437,8 @@ def pull_export(
         json.loads(data)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise LabelStudioError(f"project {project_id}: the export is not JSON ({exc})") from None
+    except RecursionError:
+        pass  # JSON nested too deeply somewhere: read_export fails that task alone
     out = DatasetLayout(Path(dataset_dir)).ls_data / (name or f"export_{export_format.lower()}.json")
     atomic_write_bytes(out, data)
     log.info("saved %s export of project %d to %s", export_format, project_id, out)
@@ -490,7 +492,13 @@ def pull_dataset(
         report.count("unchanged since the last pull", len(tasks) - len(chosen))
     failed = {item for item, _ in report.failed}
     for t in chosen:
-        if t.annotated and t.stem not in failed:
+        if not t.annotated or t.error or t.task_id is None:
+            continue  # a malformed task is retried next time
+        try:
+            stem = t.stem
+        except InputError:
+            continue
+        if stem not in failed:
             seen[str(t.task_id)] = version(t)
     state[str(proj["id"])] = seen
     atomic_write_json(state_path, state, indent=1)

@@ -6,7 +6,10 @@ only ever talk to its ``label-studio`` executable: found from an explicit path, 
 
 The data dir holds everything the server needs to come back after a restart: its SQLite
 database, ``api-token`` and ``password`` (0600, generated with :mod:`secrets`, never
-printed), ``label-studio.pid`` and ``label-studio.log``.
+printed), ``label-studio.pid`` and ``label-studio.log``. The database holds the API token
+and webhook secrets too, so the data dir is 0700 and the server runs with umask 077 (its
+files are its user's only). Label Studio's error reporting to an outside service and its
+usage analytics are turned off (:data:`NO_TELEMETRY_ENV`).
 """
 
 from __future__ import annotations
@@ -37,6 +40,12 @@ LOG_FILE = "label-studio.log"
 # Switches a one-machine set-up needs so Label Studio may call an ML backend / webhook on
 # localhost (Label Studio blocks local addresses by default).
 LOCAL_URL_ENV = {"SSRF_PROTECTION_ENABLED": "false", "ML_BLOCK_LOCAL_IP": "false"}
+# Label Studio 1.23 reports errors to an external Sentry project (server: SENTRY_DSN, browser:
+# FRONTEND_SENTRY_DSN, both with built-in defaults) and sends usage analytics
+# (COLLECT_ANALYTICS); error reports can carry request data. Empty DSNs turn the reporting
+# off (core/settings/label_studio.py, core/utils/sentry.py). Set for every `ls up`.
+NO_TELEMETRY_ENV = {"SENTRY_DSN": "", "FRONTEND_SENTRY_DSN": "", "COLLECT_ANALYTICS": "false"}
+DATABASE_FILE = "label_studio.sqlite3"
 
 
 def find_executable(explicit: str | None = None) -> str:
@@ -207,7 +216,11 @@ def start_server(
     log's tail when the server exits or does not answer within ``wait_s``.
     """
     data_dir = Path(data_dir).resolve()
-    data_dir.mkdir(parents=True, exist_ok=True)
+    data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    # The database holds the API token and webhook secrets: no other local user may read them.
+    data_dir.chmod(0o700)
+    if (data_dir / DATABASE_FILE).exists():
+        (data_dir / DATABASE_FILE).chmod(0o600)
     root = Path(document_root).resolve() if document_root else data_dir / "files"
     root.mkdir(parents=True, exist_ok=True)
     exe = find_executable(executable)
@@ -243,6 +256,7 @@ def start_server(
         LABEL_STUDIO_BASE_DATA_DIR=str(data_dir),
         DJANGO_DB="sqlite",
     )
+    env.update(NO_TELEMETRY_ENV)
     env.update(server.extra_env)
     for name in ("LABEL_STUDIO_API_KEY", "LABEL_STUDIO_URL"):  # ours, not the server's
         env.pop(name, None)
@@ -257,7 +271,7 @@ def start_server(
     with open(log_path, "ab") as log_fh:
         proc = subprocess.Popen(
             cmd, stdout=log_fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            env=env, cwd=str(data_dir), start_new_session=True,
+            env=env, cwd=str(data_dir), start_new_session=True, umask=0o077,
         )  # fmt: skip
     server.pid, server.process = proc.pid, proc
     pid_file.write_text(f"{proc.pid}\n")
