@@ -165,6 +165,12 @@ def test_every_dashboard_metric_is_exposed(tmp_path, tiny_segformer_dir, edge_fr
         poll_interval_s=3600,
     )
     service = AnnotationService(config)
+    from sedna_sam.cloud import queue as q
+
+    # one sample all the way to the dataset, so that the flag-to-label times exist
+    service.queue.receive("s1", node="edge-7", meta={"frame_time": time.time() - 30})
+    for a, b in zip(q.STATES, q.STATES[1:]):
+        service.queue.advance("s1", a, b)
     stop, ready, box = threading.Event(), threading.Event(), {}
 
     def on_ready(server):
@@ -174,7 +180,7 @@ def test_every_dashboard_metric_is_exposed(tmp_path, tiny_segformer_dir, edge_fr
     thread = threading.Thread(
         target=serve,
         args=(service, "127.0.0.1", 0),
-        kwargs={"interval_s": 0.05, "stop": stop, "ready": on_ready},
+        kwargs={"interval_s": 3600, "stop": stop, "ready": on_ready},
     )
     thread.start()
     try:

@@ -65,8 +65,15 @@ class Metrics:
         with self._lock:
             return {s: self._sum[s] / self._count[s] for s in self._count if self._count[s]}
 
-    def render(self, queue_counts: dict[str, int], up_since: float | None = None) -> str:
-        """The exposition text: queue depth per state, counters, the stage histogram."""
+    def render(
+        self,
+        queue_counts: dict[str, int],
+        up_since: float | None = None,
+        flag_to_label: dict[int, float | None] | None = None,
+    ) -> str:
+        """The exposition text: queue depth per state, counters, the stage histogram and,
+        when given, percentiles (50, 90, 99) of the seconds from an edge flag to labels in
+        the dataset (over the samples ingested so far)."""
         out: list[str] = []
 
         def family(name: str, kind: str, help_text: str) -> None:
@@ -98,6 +105,15 @@ class Metrics:
                 out.append(f"sedna_sam_stage_seconds_bucket{inf} {self._count[stage]}")
                 out.append(f"sedna_sam_stage_seconds_sum{_labels(stage=stage)} {self._sum[stage]!r}")
                 out.append(f"sedna_sam_stage_seconds_count{_labels(stage=stage)} {self._count[stage]}")
+        if flag_to_label:
+            family(
+                "sedna_sam_flag_to_label_seconds",
+                "gauge",
+                "Seconds from the edge flagging a frame to its labels entering the dataset, per percentile.",
+            )
+            for p, v in sorted(flag_to_label.items()):
+                if v is not None:
+                    out.append(f"sedna_sam_flag_to_label_seconds{_labels(quantile=_number(p / 100))} {v!r}")
         if up_since is not None:
             family("sedna_sam_start_time_seconds", "gauge", "Unix time the service started.")
             out.append(f"sedna_sam_start_time_seconds {up_since!r}")

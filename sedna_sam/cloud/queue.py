@@ -244,6 +244,18 @@ class Queue:
             counts[state] = n
         return counts
 
+    def all_samples(self) -> list[Sample]:
+        """Every sample (for the status page's summary)."""
+        rows = self._conn().execute(f"SELECT {', '.join(_COLUMNS)} FROM samples")
+        return [Sample.from_row(r) for r in rows]
+
+    def recent(self, limit: int = 20) -> list[Sample]:
+        """The samples that changed last, newest first."""
+        rows = self._conn().execute(
+            f"SELECT {', '.join(_COLUMNS)} FROM samples ORDER BY updated_at DESC LIMIT ?", (int(limit),)
+        )
+        return [Sample.from_row(r) for r in rows]
+
     def last_errors(self, limit: int = 10) -> list[Sample]:
         rows = self._conn().execute(
             f"SELECT {', '.join(_COLUMNS)} FROM samples WHERE last_error IS NOT NULL "

@@ -2,6 +2,8 @@
 
 - ``GET /healthz``: 200 with queue counts while the worker loop is alive, else 503.
 - ``GET /metrics``: Prometheus text (queue depth per state, processed, failed, seconds per stage).
+- ``GET /`` (and ``/status.json``): the queue status page (:mod:`sedna_sam.cloud.status`), with
+  the webhook secret (header or ``?secret=``): it shows sample thumbnails.
 - ``POST /webhook``: Label Studio's ANNOTATION_CREATED / ANNOTATION_UPDATED, accepted only
   with the shared secret, in the ``X-Sedna-Sam-Secret`` header (set as a webhook header in
   Label Studio) or as ``?secret=`` in the URL; compared in constant time. Missing secret:
@@ -104,10 +106,41 @@ class Handler(JsonHandler):
             }
             self._json(HTTPStatus.OK if ok else HTTPStatus.SERVICE_UNAVAILABLE, body)
         elif path == "/metrics":
-            text = self.service.metrics.render(self.service.queue.counts(), up_since=self.service.started_at)
+            from sedna_sam.cloud.status import queue_summary
+
+            summary = queue_summary(self.service.queue.all_samples())
+            text = self.service.metrics.render(
+                summary.counts, up_since=self.service.started_at, flag_to_label=summary.flag_to_label
+            )
             self._send(HTTPStatus.OK, text.encode("utf-8"), CONTENT_TYPE)
+        elif path in ("/", "/status.json"):
+            self._status_page(url_query=urlsplit(self.path).query, as_json=path == "/status.json")
         else:
-            self._json(HTTPStatus.NOT_FOUND, {"error": "not found; try /healthz, /metrics, POST /webhook"})
+            self._json(HTTPStatus.NOT_FOUND, {"error": "not found; try /, /healthz, /metrics, POST /webhook"})
+
+    def _status_page(self, url_query: str, as_json: bool) -> None:
+        """The queue status page (sedna_sam.cloud.status): it shows sample thumbnails, so it
+        takes the webhook's secret like POST /webhook does (header, or ?secret= so that a
+        browser can open it)."""
+        from sedna_sam.cloud import status
+
+        given = self.headers.get(SECRET_HEADER) or (parse_qs(url_query).get("secret") or [None])[0]
+        refused = check_secret(self.service.config.webhook_secret, given)
+        if refused is not None:
+            self._json(refused, {"error": "the status page needs the webhook secret (?secret=...)"})
+            return
+        summary = status.queue_summary(self.service.queue.all_samples())
+        if as_json:
+            self._json(HTTPStatus.OK, status.status_json(summary))
+            return
+        ls = self.service._ls
+        page = status.render_status_page(
+            summary,
+            self.service.queue.recent(20),
+            self.service.config.ls_url or None,
+            getattr(ls, "project_id", None),
+        )
+        self._send(HTTPStatus.OK, page.encode("utf-8"), "text/html; charset=utf-8")
 
     def do_POST(self) -> None:  # noqa: N802
         url = urlsplit(self.path)
