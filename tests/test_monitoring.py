@@ -155,6 +155,14 @@ def test_every_dashboard_metric_is_exposed(tmp_path, tiny_segformer_dir, edge_fr
         edge.send_signal(signal.SIGTERM)
         edge.wait(timeout=30)
 
+    job = tmp_path / "lifelong"  # one evaluated round in the job's outputDir
+    (job / "eval" / "1").mkdir(parents=True)
+    (job / "eval" / "1" / "metrics.json").write_text(
+        json.dumps({"models": {"m1": {"new": {"mIoU": 0.41}, "old": {"mIoU": 0.52}}}, "baseline": None})
+    )
+    (job / "eval" / "1" / "gate.json").write_text(
+        json.dumps({"accept": True, "candidate": "m1", "backward_transfer": 0.01, "reasons": []})
+    )
     config = ServiceConfig(
         store=str(tmp_path / "store"),
         dataset_dir=tmp_path / "dataset",
@@ -163,6 +171,7 @@ def test_every_dashboard_metric_is_exposed(tmp_path, tiny_segformer_dir, edge_fr
         labels=labels,
         webhook_secret="s3cret",
         poll_interval_s=3600,
+        job_output_dir=str(job),
     )
     service = AnnotationService(config)
     from sedna_sam.cloud import queue as q
@@ -188,6 +197,9 @@ def test_every_dashboard_metric_is_exposed(tmp_path, tiny_segformer_dir, edge_fr
         service.metrics.observe("pre_annotate", 1.0, ok=True)
         service.metrics.observe("push", 0.1, ok=False)
         cloud_names = scrape(box["url"] + "/metrics")
+        text = urllib.request.urlopen(box["url"] + "/metrics", timeout=10).read().decode()
+        assert 'sedna_sam_round_miou{round="1",domain="new"} 0.41' in text
+        assert 'sedna_sam_round_deployed{round="1"} 1' in text
     finally:
         stop.set()
         service.wake.set()

@@ -70,10 +70,13 @@ class Metrics:
         queue_counts: dict[str, int],
         up_since: float | None = None,
         flag_to_label: dict[int, float | None] | None = None,
+        rounds: list | None = None,
     ) -> str:
         """The exposition text: queue depth per state, counters, the stage histogram and,
         when given, percentiles (50, 90, 99) of the seconds from an edge flag to labels in
-        the dataset (over the samples ingested so far)."""
+        the dataset (over the samples ingested so far), and the LifelongLearningJob's rounds
+        (:class:`sedna_sam.lifelong.curve.Round`: mIoU per domain, backward transfer, and
+        whether the gate deployed the round's model)."""
         out: list[str] = []
 
         def family(name: str, kind: str, help_text: str) -> None:
@@ -114,6 +117,32 @@ class Metrics:
             for p, v in sorted(flag_to_label.items()):
                 if v is not None:
                     out.append(f"sedna_sam_flag_to_label_seconds{_labels(quantile=_number(p / 100))} {v!r}")
+        if rounds:
+            family("sedna_sam_round_miou", "gauge", "mIoU of each round's model, per test domain (new, old).")
+            for r in rounds:
+                for domain, value in (("new", r.new_miou), ("old", r.old_miou)):
+                    if value is not None:
+                        out.append(
+                            f"sedna_sam_round_miou{_labels(round=str(r.number), domain=domain)} {value!r}"
+                        )
+            family(
+                "sedna_sam_round_backward_transfer", "gauge", "Old-domain mIoU change of each round's model."
+            )
+            for r in rounds:
+                if r.backward_transfer is not None:
+                    out.append(
+                        f"sedna_sam_round_backward_transfer{_labels(round=str(r.number))} {r.backward_transfer!r}"
+                    )
+            family(
+                "sedna_sam_round_deployed",
+                "gauge",
+                "1 when the gate accepted (deployed) the round's model, else 0.",
+            )
+            for r in rounds:
+                if r.status in ("deployed", "rejected"):
+                    out.append(
+                        f"sedna_sam_round_deployed{_labels(round=str(r.number))} {int(r.status == 'deployed')}"
+                    )
         if up_since is not None:
             family("sedna_sam_start_time_seconds", "gauge", "Unix time the service started.")
             out.append(f"sedna_sam_start_time_seconds {up_since!r}")

@@ -110,13 +110,29 @@ class Handler(JsonHandler):
 
             summary = queue_summary(self.service.queue.all_samples())
             text = self.service.metrics.render(
-                summary.counts, up_since=self.service.started_at, flag_to_label=summary.flag_to_label
+                summary.counts,
+                up_since=self.service.started_at,
+                flag_to_label=summary.flag_to_label,
+                rounds=self._rounds(),
             )
             self._send(HTTPStatus.OK, text.encode("utf-8"), CONTENT_TYPE)
         elif path in ("/", "/status.json"):
             self._status_page(url_query=urlsplit(self.path).query, as_json=path == "/status.json")
         else:
             self._json(HTTPStatus.NOT_FOUND, {"error": "not found; try /, /healthz, /metrics, POST /webhook"})
+
+    def _rounds(self) -> list:
+        """The job's rounds for /metrics (none without --job-output-dir, or if unreadable)."""
+        where = self.service.config.job_output_dir
+        if not where or "://" in where:
+            return []
+        from sedna_sam.lifelong.curve import read_job
+
+        try:
+            return read_job(where)
+        except Exception as exc:  # noqa: BLE001 - metrics never fail on a job directory
+            log.warning("job output dir %s not readable for /metrics: %s", where, exc)
+            return []
 
     def _status_page(self, url_query: str, as_json: bool) -> None:
         """The queue status page (sedna_sam.cloud.status): it shows sample thumbnails, so it

@@ -66,6 +66,7 @@ class ServiceConfig:
     poll_interval_s: float = 30.0
     max_attempts: int = 5
     backoff_s: float = 10.0
+    job_output_dir: str = ""  # the LifelongLearningJob's outputDir: its rounds go to /metrics
 
 
 # ----------------------------------------------------------------------------- store

@@ -92,6 +92,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="Label Studio project id or title; made if missing (default $SEDNA_SAM_LS_PROJECT or 'sedna-sam corner cases')",
     )
     serve.add_argument(
+        "--job-output-dir",
+        default=os.environ.get("SEDNA_SAM_JOB_OUTPUT_DIR"),
+        help="the LifelongLearningJob's outputDir (a local directory): each round's mIoU, backward transfer "
+        "and gate decision are exposed in /metrics (default $SEDNA_SAM_JOB_OUTPUT_DIR)",
+    )
+    serve.add_argument(
         "--webhook-url",
         default=os.environ.get("SEDNA_SAM_WEBHOOK_URL"),
         help="URL Label Studio should POST annotation events to, e.g. "
@@ -177,6 +183,7 @@ def build_config(args: argparse.Namespace):
         project=args.project,
         webhook_secret=os.environ.get("SEDNA_SAM_WEBHOOK_SECRET") or "",
         webhook_url=args.webhook_url or "",
+        job_output_dir=args.job_output_dir or "",
         annotate={
             "sam_checkpoint": args.sam_checkpoint,
             "sam_model": args.sam_model,
