@@ -429,3 +429,13 @@ def test_ls_push_connect_backend(ls_server, backend_factory, tmp_path, monkeypat
         json={"task": task["id"], "context": {"result": [keypoint(37.5, 50.0)]}},
     )
     assert answer["data"]["result"] and backend.sam.encoder_calls == 1
+    # `ls connect-backend` (the manifests' Job): the same connection from the project alone,
+    # idempotent, and a project that never appears is a clear error after --wait
+    argv = ["ls", "connect-backend", "--project", title, "--backend-url", backend_url, "--config-path",
+            str(labels_json), "--wait", "5", "--interval", "1"]  # fmt: skip
+    assert main(argv) == 0
+    assert f"connected to project {project['id']}" in capsys.readouterr().out
+    assert len(ls.call("GET", "/api/ml", params={"project": project["id"]})) == 1
+    missing = ["ls", "connect-backend", "--project", "no such project", "--backend-url", backend_url,
+               "--wait", "2", "--interval", "1"]  # fmt: skip
+    assert main(missing) == 2

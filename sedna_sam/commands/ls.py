@@ -110,6 +110,40 @@ def _push(args: argparse.Namespace) -> int:
     return finish(report)
 
 
+def _connect_backend(args: argparse.Namespace) -> int:
+    """Connect a running `ls backend` to a project that may not exist yet (the annotation
+    service creates it): wait for both, up to --wait."""
+    import time
+
+    from sedna_sam.labels import load_labels
+    from sedna_sam.labelstudio.backend import BackendAuth, connect_interactive
+    from sedna_sam.labelstudio.client import LabelStudioClient
+
+    labels = load_labels(args.config_path or "cityscapes")
+    url, token = _credentials(args)
+    auth = BackendAuth.from_env()
+    deadline = time.monotonic() + args.wait
+    last = ""
+    while True:
+        try:
+            with LabelStudioClient(url, token) as client:
+                project = client.get_project(args.project)
+            ml = connect_interactive(url, token, project["id"], args.backend_url, labels, auth=auth)
+        except (SednaSamError, OSError) as exc:  # Label Studio errors are SednaSamErrors
+            last = str(exc)
+            if time.monotonic() >= deadline:
+                raise SednaSamError(
+                    f"could not connect {args.backend_url} to project {args.project!r} within {args.wait:.0f} s: {last}"
+                ) from None
+            log.info("not yet (%s); trying again in %.0f s", last, args.interval)
+            time.sleep(args.interval)
+            continue
+        print(
+            f"interactive backend {args.backend_url} connected to project {project['id']} (ML backend {ml['id']})"
+        )
+        return 0
+
+
 def _pull(args: argparse.Namespace) -> int:
     from sedna_sam.labels import load_labels
     from sedna_sam.labelstudio.client import LabelStudioClient, pull_dataset
@@ -206,6 +240,23 @@ def register(subparsers) -> None:
         "$SEDNA_SAM_BACKEND_USER / $SEDNA_SAM_BACKEND_PASSWORD)",
     )
     push.set_defaults(func=_push)
+
+    connect = sub.add_parser(
+        "connect-backend",
+        help="connect a running `sedna-sam ls backend` to a project as its interactive ML backend",
+        description="Wait until Label Studio, the project (made by the annotation service or `ls push`) and the "
+        "backend answer, then connect the backend as the project's interactive ML backend (smart keypoint/box "
+        "tools added to its labeling config). Idempotent: run it again after either restarts. Basic auth "
+        "from $SEDNA_SAM_BACKEND_USER / $SEDNA_SAM_BACKEND_PASSWORD.",
+    )
+    _add_connection(connect)
+    add_config_path(connect)
+    connect.add_argument("--backend-url", required=True, help="the backend as Label Studio reaches it")
+    connect.add_argument(
+        "--wait", type=float, default=600.0, help="give up after this many seconds (default 600)"
+    )
+    connect.add_argument("--interval", type=float, default=10.0, help="seconds between tries (default 10)")
+    connect.set_defaults(func=_connect_backend)
 
     pull_p = sub.add_parser(
         "pull",
