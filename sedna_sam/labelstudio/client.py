@@ -22,14 +22,16 @@ import re
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import httpx
-
+from sedna_sam.deps import need
 from sedna_sam.errors import BatchReport, InputError, SednaSamError
 from sedna_sam.formats.labelstudio import DOCUMENT_ROOT_ENV, POLYGON_TYPE
 from sedna_sam.labels import LabelSet, labeling_config_xml
 from sedna_sam.storage import DatasetLayout, atomic_write_bytes, atomic_write_json
+
+if TYPE_CHECKING:
+    import httpx
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +90,8 @@ class LabelStudioClient:
         self.url = url.rstrip("/")
         self.retries = retries
         self.backoff_s = backoff_s
+        httpx = need("httpx", "ls", "Label Studio's API")
+        self._transport_error = httpx.TransportError
         self._http = httpx.Client(
             base_url=self.url,
             headers={"Authorization": f"Token {token}"},
@@ -115,7 +119,7 @@ class LabelStudioClient:
                 time.sleep(delay)
             try:
                 resp = self._http.request(method, path, **kw)
-            except httpx.TransportError as exc:
+            except self._transport_error as exc:
                 last = f"{type(exc).__name__}: {exc}"
                 continue
             if resp.status_code >= 500:
