@@ -66,4 +66,8 @@ apt_install_if_missing() {  # COMMAND PACKAGE WHAT-NEEDS-IT
 # chromium: the one browser test; kubectl renders the kustomize overlays offline (no cluster).
 [ -n "${SEDNA_SAM_SKIP_BROWSER:-}" ] || apt_install_if_missing chromium chromium "the browser test will fail"
 [ -n "${SEDNA_SAM_SKIP_KUBECTL:-}" ] || apt_install_if_missing kubectl kubectl "the manifest tests will be skipped"
+# postgresql: the queue tests start a throwaway server from /usr/lib/postgresql/<version>/bin
+# (not on PATH; pg_ctlcluster, from the same package, is).
+[ -n "${SEDNA_SAM_SKIP_POSTGRES:-}" ] || apt_install_if_missing pg_ctlcluster postgresql \
+  "the PostgreSQL queue tests will be skipped"
 echo "[install] done: activate with 'source .venv/bin/activate'"

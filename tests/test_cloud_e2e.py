@@ -97,6 +97,7 @@ def make_config(env, labels, name: str, **overrides) -> ServiceConfig:
         annotate=env["annotate"],
         poll_interval_s=3600,
         backoff_s=0,
+        push_settle_s=0,  # the simulated crash comes after Label Studio answered: nothing is in flight
     )
     values.update(overrides)
     return ServiceConfig(**values)

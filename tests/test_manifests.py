@@ -42,11 +42,18 @@ GM_ENV = {
     "edge": (GM_ENV_ALL - {"KB_SERVER"}) | {"MODEL_URLS", "OUTPUT_URL"},
     "cloud": set(),
     "cloud-init": set(),
+    "backend": set(),
+    "cloud-job": set(),
 }  # fmt: skip
+# Containers that run someone else's image and program (their own env and probes).
+THIRD_PARTY = {"label-studio", "postgresql"}
+THIRD_PARTY_IMAGES = {"label-studio": "label-studio", "postgresql": "postgres"}
 # Which of our packages each role's process runs (top-level modules run in every role).
 ROLE_PACKAGES = {
     "edge": {"edge"},
     "cloud": {"cloud", "annotate", "labelstudio", "formats", "lifelong"},
+    "backend": {"labelstudio", "annotate", "formats"},
+    "cloud-job": {"labelstudio", "annotate", "formats"},
     "cloud-init": set(),
     "train": {"lifelong", "formats"},
     "eval": {"lifelong", "formats"},
@@ -77,7 +84,15 @@ def render(target: str) -> tuple[dict, ...]:
 def pod_specs(doc: dict) -> list[tuple[str, dict]]:
     """(where, pod spec) for every pod template in a rendered object."""
     kind, spec = doc["kind"], doc.get("spec", {})
-    if kind in ("Deployment", "StatefulSet", "DaemonSet", "Job"):
+    if kind == "StatefulSet":  # its volumeClaimTemplates are volumes of the pod too
+        pod = dict(spec["template"]["spec"])
+        claims = [
+            {"name": t["metadata"]["name"], "persistentVolumeClaim": {"claimName": t["metadata"]["name"]}}
+            for t in spec.get("volumeClaimTemplates", [])
+        ]
+        pod["volumes"] = [*pod.get("volumes", []), *claims]
+        return [(f"{kind}/{doc['metadata']['name']}", pod)]
+    if kind in ("Deployment", "DaemonSet", "Job"):
         return [(f"{kind}/{doc['metadata']['name']}", spec["template"]["spec"])]
     if kind == "LifelongLearningJob":
         return [
@@ -88,11 +103,15 @@ def pod_specs(doc: dict) -> list[tuple[str, dict]]:
 
 
 def container_role(where: str, container: dict, init: bool) -> str:
-    """Which sedna-sam role a container plays (or label-studio)."""
-    if container["name"] == "label-studio":
-        return "label-studio"
+    """Which sedna-sam role a container plays (or label-studio, postgresql: not ours)."""
+    if container["name"] in THIRD_PARTY:
+        return container["name"]
     if where.startswith("Deployment/sedna-sam-annotation"):
         return "cloud-init" if init else "cloud"
+    if where.startswith("Deployment/sedna-sam-backend"):  # components/interactive-backend
+        return "cloud-init" if init else "backend"
+    if where in ("Job/sedna-sam-connect-backend", "Job/sedna-sam-backfill"):  # components
+        return "cloud-init" if init else "cloud-job"
     for part, role in (("trainSpec", "train"), ("evalSpec", "eval"), ("deploySpec", "edge")):
         if where.endswith(part):
             return role
@@ -122,8 +141,9 @@ def code_env_reads() -> tuple[frozenset, frozenset]:
         package = rel[0] if len(rel) > 1 else ""
         tree = ast.parse(path.read_text(encoding="utf-8"), str(path))
         wrappers = env_wrappers(tree)
+        constants = module_constants(tree)
         for node in ast.walk(tree):
-            name, has_default = env_read(node, wrappers)
+            name, has_default = env_read(node, wrappers, constants)
             if name is not None:
                 read.add((package, name))
                 if not has_default:
@@ -167,8 +187,23 @@ def env_wrappers(tree: ast.AST) -> dict[str, int]:
     return wrappers
 
 
-def env_read(node: ast.AST, wrappers: dict[str, int] | None = None) -> tuple[str | None, bool]:
-    """(NAME, has_default) when the node reads an env variable with a constant name."""
+def module_constants(tree: ast.Module) -> dict[str, str]:
+    """Module-level ``NAME = "string"`` assignments (env names kept in a constant)."""
+    found = {}
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and isinstance(node.value, ast.Constant):
+            if isinstance(node.value.value, str):
+                for target in node.targets:
+                    if isinstance(target, ast.Name):
+                        found[target.id] = node.value.value
+    return found
+
+
+def env_read(
+    node: ast.AST, wrappers: dict[str, int] | None = None, constants: dict[str, str] | None = None
+) -> tuple[str | None, bool]:
+    """(NAME, has_default) when the node reads an env variable with a constant name (a
+    literal, or a module-level constant holding one)."""
     if isinstance(node, ast.Subscript) and is_environ(node.value):
         key = node.slice
         if isinstance(key, ast.Constant) and isinstance(key.value, str):
@@ -179,6 +214,8 @@ def env_read(node: ast.AST, wrappers: dict[str, int] | None = None) -> tuple[str
         index = (wrappers or {}).get(func_name(node.func) or "")
         if arg is None and index is not None and len(node.args) > index:
             arg = node.args[index]
+        if isinstance(arg, ast.Name) and arg.id in (constants or {}):
+            return (constants or {})[arg.id], True
         if isinstance(arg, ast.Constant) and isinstance(arg.value, str):
             return arg.value, True  # .get/getenv/get_param: None (or the default) when unset
     return None, True
@@ -299,9 +336,13 @@ def test_settings_validate_and_reach_the_objects(overlay):
     for where, role, c, spec in containers(f"overlays/{overlay}"):
         expected = {
             "cloud": "cloudImage", "cloud-init": "cloudImage", "train": "cloudImage", "eval": "cloudImage",
-            "edge": "edgeImage", "label-studio": "labelStudioImage",
+            "backend": "cloudImage", "cloud-job": "cloudImage", "edge": "edgeImage",
+            "label-studio": "labelStudioImage", "postgresql": None,
         }[role]  # fmt: skip
-        assert c["image"] == settings[expected], f"{where}/{c['name']}: image not from settings.{expected}"
+        if expected is not None:
+            assert c["image"] == settings[expected], (
+                f"{where}/{c['name']}: image not from settings.{expected}"
+            )
         for volume in spec.get("volumes", []):
             host = volume.get("hostPath", {}).get("path")
             if host:
@@ -387,7 +428,7 @@ def test_env_set_in_templates_is_read_by_our_code_or_sedna(overlay):
     read, _ = code_env_reads()
     known = {name for _, name in read} | contract_env_names() | THIRD_PARTY_ENV
     for where, role, c, _ in containers(f"overlays/{overlay}"):
-        if role == "label-studio":
+        if role in THIRD_PARTY:
             continue
         unknown = sorted(set(env_names(c)) - known)
         assert not unknown, (
@@ -402,7 +443,7 @@ def test_env_set_in_templates_is_read_by_our_code_or_sedna(overlay):
 def test_env_read_without_default_is_set(overlay):
     _, required = code_env_reads()
     for where, role, c, _ in containers(f"overlays/{overlay}"):
-        if role == "label-studio":
+        if role in THIRD_PARTY:
             continue
         packages = ROLE_PACKAGES[role] | {""}
         needed = {name for package, name in required if package in packages}
@@ -517,6 +558,8 @@ def test_commands_are_our_console_scripts_and_parse(overlay):
         if role == "label-studio":
             assert c["args"][:2] == ["label-studio", "start"]
             continue
+        if role in THIRD_PARTY:
+            continue
         assert c["command"][0] in scripts, f"{where}/{c['name']}: {c['command'][0]} is not a console script"
         argv = c["command"][1:] + c.get("args", [])
         try:
@@ -549,7 +592,8 @@ def test_images_match_the_dockerfiles(overlay):
     built = dockerfile_images()
     assert set(built) == {"sedna-sam-cloud", "sedna-sam-edge"}
     expected = {"cloud": "sedna-sam-cloud", "cloud-init": "sedna-sam-cloud", "train": "sedna-sam-cloud",
-                "eval": "sedna-sam-cloud", "edge": "sedna-sam-edge", "label-studio": "label-studio"}  # fmt: skip
+                "eval": "sedna-sam-cloud", "backend": "sedna-sam-cloud", "cloud-job": "sedna-sam-cloud",
+                "edge": "sedna-sam-edge", **THIRD_PARTY_IMAGES}  # fmt: skip
     for where, role, c, _ in containers(f"overlays/{overlay}"):
         name, tag = image_name(c["image"])
         assert name == expected[role], f"{where}/{c['name']}: image {c['image']} is not {expected[role]}"
@@ -596,7 +640,7 @@ def test_gpu_requests_where_the_gpu_work_is():
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_services_have_health_probes(overlay):
-    expected = {"cloud": "/healthz", "label-studio": "/health"}
+    expected = {"cloud": "/healthz", "label-studio": "/health", "backend": "/health"}
     for where, role, c, _ in containers(f"overlays/{overlay}"):
         if role not in expected:
             continue

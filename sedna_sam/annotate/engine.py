@@ -23,7 +23,7 @@ import logging
 import os
 import queue as queue_mod
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -267,11 +267,14 @@ def annotate_images(
     overwrite: bool = False,
     progress: bool = True,
     annotator: Annotator | None = None,
+    on_done: Callable[[Path], None] | None = None,
 ) -> BatchReport:
     """Pre-annotate ``images`` into ``out_dir`` (see module docstring); never raises for a
     bad image: the report lists failures (``report.exit_code`` is 1 then).
 
-    ``annotator`` reuses already loaded models (single process only).
+    ``annotator`` reuses already loaded models (single process only). ``on_done(image)``
+    runs in this process after each image's outputs are written (e.g. to upload them);
+    an error there fails that image.
     """
     from tqdm import tqdm
 
@@ -288,6 +291,11 @@ def annotate_images(
     bar = tqdm(total=len(todo), unit="img", desc="annotate", disable=not progress, dynamic_ncols=True)
 
     def record(kind: str, item: str, message: str, timings: dict[str, float]) -> None:
+        if kind == "ok" and on_done is not None:
+            try:
+                on_done(Path(item))
+            except Exception as exc:  # noqa: BLE001 - fsspec/botocore raise their own types
+                kind, message = "fail", f"outputs written but not delivered: {type(exc).__name__}: {exc}"
         if kind == "ok":
             report.ok()
             for k, v in timings.items():

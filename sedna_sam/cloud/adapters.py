@@ -11,9 +11,11 @@ one place:
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
+from sedna_sam.registry import Registry
 from sedna_sam.storage import DatasetLayout, atomic_write_json
 
 log = logging.getLogger(__name__)
@@ -25,8 +27,20 @@ MODEL_VERSION = "sedna-sam-cloud"
 
 DEFAULT_SEMANTIC_MODEL = "nvidia/segformer-b5-finetuned-cityscapes-1024-1024"  # SSA's Cityscapes branch
 
+# How a sample is pre-annotated (``--pre-annotation``): each entry builds an engine with
+# ``annotate(image) -> PreAnnotation`` and ``labels``, what annotate_file calls.
+PRE_ANNOTATIONS: Registry[Any] = Registry("pre-annotation")
+
 
 def build_engine(config):
+    """The pre-annotation engine chosen by ``config.annotate["pre_annotation"]`` (default
+    ``sam``: SAM + semantic voting; ``semantic``: the semantic model alone)."""
+    kind = (config.annotate or {}).get("pre_annotation") or "sam"
+    return PRE_ANNOTATIONS.create(kind, config=config)
+
+
+@PRE_ANNOTATIONS.register("sam")
+def build_sam_engine(config):
     """B's :class:`~sedna_sam.annotate.engine.Annotator` from ``config.annotate``:
     ``sam_checkpoint``, ``sam_model``, ``semantic_model``, ``device``, ``models_dir``,
     ``sam`` (SamParams overrides), ``tiny_random_models`` (the tiny random-weight SAM and
@@ -67,6 +81,57 @@ def build_engine(config):
     )
     log.info("loading SAM %s and semantic model %s", options.ckpt_path, options.semantic_model)
     return Annotator.from_options(options)
+
+
+class SemanticOnly:
+    """Pre-annotation by the semantic model alone: its class map becomes the task's
+    polygons, with no SAM masks to sharpen the boundaries.
+
+    Why: SAM is most of the cost of a sample (seconds per frame for ViT-H on a GPU, far
+    more on a CPU) while a Segformer pass is a fraction of it. Coarser starting polygons
+    for the annotator, in exchange for draining a backlog (or running a CPU-only
+    deployment, or measuring the rest of the pipeline) many times faster. Off by default.
+    """
+
+    def __init__(self, semantic, labels) -> None:
+        self.semantic = semantic
+        self.labels = labels
+
+    def annotate(self, image):
+        import numpy as np
+
+        from sedna_sam.annotate.engine import PreAnnotation
+        from sedna_sam.formats.ssa import ssa_document
+
+        start = time.perf_counter()
+        class_map = self.semantic.predict(image).astype(np.uint16)
+        timings = {"semantic": time.perf_counter() - start}
+        start = time.perf_counter()
+        document = ssa_document(class_map, [], metadata={"pre_annotation": "semantic"})
+        timings["rle"] = time.perf_counter() - start
+        owner = np.full(class_map.shape, -1, dtype=np.int32)  # no masks
+        return PreAnnotation(document, class_map, owner, timings)
+
+
+@PRE_ANNOTATIONS.register("semantic")
+def build_semantic_engine(config) -> SemanticOnly:
+    """:class:`SemanticOnly` over ``semantic_model`` (``tiny_random_models``: the tiny
+    random-weight Segformer; no SAM checkpoint is needed or loaded)."""
+    from sedna_sam.annotate.semantic import make_semantic
+
+    opts = dict(config.annotate or {})
+    semantic = opts.get("semantic_model")
+    if opts.get("tiny_random_models") and not semantic:
+        from sedna_sam.segformer import build_tiny_segformer
+
+        log.warning("--tiny-random-models: RANDOM-weight Segformer, the pre-annotations mean nothing")
+        semantic = Path(config.dataset_dir) / ".tiny-models" / "models" / "segformer_tiny_random"
+        if not (semantic / "config.json").exists():
+            build_tiny_segformer(semantic, config.labels)
+    semantic = str(semantic or DEFAULT_SEMANTIC_MODEL)
+    log.info("pre-annotation: semantic model %s alone (no SAM)", semantic)
+    backend = opts.get("semantic_backend") or "segformer"
+    return SemanticOnly(make_semantic(backend, semantic, config.labels, opts.get("device")), config.labels)
 
 
 def pre_annotate(engine, config, layout: DatasetLayout, image: Path) -> None:
@@ -133,13 +198,16 @@ class LabelStudioProject:
 
     Made once per process: finds (or creates) the project, connects a local-files storage
     over the dataset's raw_data/ so Label Studio can show the images, registers the
-    webhook, and remembers which image each task shows so a push is never repeated.
+    webhook; a push looks for the image's task first when asked (see :meth:`push`).
     """
 
-    def __init__(self, client, project_id: int) -> None:
+    def __init__(self, client, project_id: int, import_client=None) -> None:
         self.client = client
         self.project_id = int(project_id)
-        self._task_by_key: dict[str, int] | None = None
+        # Imports are not idempotent: a retried POST whose first try reached Label Studio
+        # makes a second task. They go through a client that never retries; a failed
+        # import is the service's to retry, which looks for the task first.
+        self.import_client = import_client or client
 
     def call(self, method: str, path: str, **kw) -> Any:
         return self.client.json(method, path, **kw)
@@ -184,23 +252,26 @@ class LabelStudioProject:
     def task(self, task_id: int) -> dict[str, Any]:
         return self.call("GET", f"/api/tasks/{int(task_id)}")
 
-    def push(self, task: dict[str, Any]) -> int:
-        """Import ``task`` unless the project has a task for the same image (C's
-        ``task_key``: the decoded local-files path); returns its id."""
+    def push(self, task: dict[str, Any], look_first: bool = False) -> int:
+        """Import ``task``; returns its id. With ``look_first``, a task of the project that
+        shows the same image (C's ``task_key``: the decoded local-files path) is returned
+        instead, if there is one.
+
+        The service looks first only when an earlier push of the sample may have created
+        the task without recording it (the queue's ``push_started_at``), which is rare: so
+        a push, or a replica's restart, never pages through every task of a big project."""
         from sedna_sam.errors import SednaSamError
         from sedna_sam.labelstudio.client import task_key
 
         key = task_key(task)
-        if self._task_by_key is None:  # once per process: a restart re-reads Label Studio
-            self._task_by_key = {}
-            for t in self.iter_tasks():
-                self._task_by_key.setdefault(task_key(t), int(t["id"]))
-        if key in self._task_by_key:
-            return self._task_by_key[key]
-        ids = self.client.import_tasks(self.project_id, [task])
+        if look_first:
+            for existing in self.iter_tasks():
+                if task_key(existing) == key:
+                    log.info("Label Studio already has task %s for %s", existing["id"], key)
+                    return int(existing["id"])
+        ids = self.import_client.import_tasks(self.project_id, [task])
         if len(ids) != 1:
             raise SednaSamError(f"Label Studio import of {key} returned task ids {ids}, expected one")
-        self._task_by_key[key] = int(ids[0])
         return int(ids[0])
 
 
@@ -215,7 +286,8 @@ def connect_label_studio(config) -> LabelStudioProject:
         project = client.get_project(int(config.project))
     else:
         project = client.ensure_project(str(config.project), config.labels)
-    ls = LabelStudioProject(client, project["id"])
+    import_client = LabelStudioClient(config.ls_url, config.ls_token, timeout_s=60.0, retries=0)
+    ls = LabelStudioProject(client, project["id"], import_client)
     raw_data = Path(config.dataset_dir) / "raw_data"
     raw_data.mkdir(parents=True, exist_ok=True)
     client.ensure_local_storage(ls.project_id, raw_data)
@@ -227,12 +299,13 @@ def connect_label_studio(config) -> LabelStudioProject:
     return ls
 
 
-def push_task(ls: LabelStudioProject, layout: DatasetLayout, image: Path) -> int:
-    """Push the task written for ``image`` (ls_data/<stem>_semantic_poly_ls.json)."""
+def push_task(ls: LabelStudioProject, layout: DatasetLayout, image: Path, look_first: bool = False) -> int:
+    """Push the task written for ``image`` (ls_data/<stem>_semantic_poly_ls.json);
+    ``look_first``: return the project's task for that image if it has one."""
     import json
 
     task = json.loads(layout.ls_task(image.stem).read_text(encoding="utf-8"))
-    return ls.push(task)
+    return ls.push(task, look_first=look_first)
 
 
 def write_trainids_from_task(

@@ -14,7 +14,16 @@ One pass of :meth:`AnnotationService.step`::
 Each stage does idempotent work, then one compare-and-set transition (see
 :mod:`sedna_sam.cloud.queue`); a process killed anywhere resumes on restart without
 losing or doubling anything. ``fault`` is a hook called at every point where a crash
-would matter; tests raise from it to kill the service there.
+would matter; tests raise from it (or kill the process there) to crash the service.
+
+Any number of replicas may share one queue (PostgreSQL): each pass *claims* its samples
+with a lease under the replica's id, so replicas split the work instead of repeating it;
+a replica that dies holds its samples until the lease ends (or it restarts under the same
+id). The two steps that a compare-and-set cannot make safe run under a lock shared by
+every replica (:meth:`~sedna_sam.cloud.queue.Queue.lock`): creating the Label Studio
+task of a sample (with a recorded intent, so a replica that died after creating it is
+followed by a search, never by a second task), and rewriting the Sedna index file.
+Polling Label Studio is taken in turns: one replica per interval.
 
 Stages are plain functions registered by the state they start from (:data:`STAGES`).
 """
@@ -46,6 +55,11 @@ log = logging.getLogger(__name__)
 FaultHook = Callable[[str, str], None]  # (point, sample_id) -> None; raises to simulate a crash
 
 
+class Deferred(Exception):
+    """A stage cannot run yet for a reason outside the sample (the queue holds it until
+    then); not a failure: no attempt is counted and no error recorded."""
+
+
 @dataclass
 class ServiceConfig:
     """Everything the service needs; the CLI fills it from flags and env
@@ -67,6 +81,12 @@ class ServiceConfig:
     max_attempts: int = 5
     backoff_s: float = 10.0
     job_output_dir: str = ""  # the LifelongLearningJob's outputDir: its rounds go to /metrics
+    replica_id: str = ""  # this replica's name in leases (default: $SEDNA_SAM_REPLICA_ID or the host name)
+    lease_s: float = q.DEFAULT_LEASE_S  # how long a claimed sample stays this replica's
+    # How long after a push that was cut short (replica killed, request timed out) Label
+    # Studio may still create that task: the next push of the sample waits this long, then
+    # looks for the task before creating one. Above the Label Studio request timeout (60 s).
+    push_settle_s: float = 120.0
 
 
 # ----------------------------------------------------------------------------- store
@@ -233,6 +253,10 @@ class AnnotationService:
         self.config = config
         self.layout = DatasetLayout(Path(config.dataset_dir))
         self.queue = q.open_queue(config.queue_url)
+        self.replica_id = config.replica_id or q.default_replica_id()
+        released = self.queue.release_all(self.replica_id)
+        if released:
+            log.info("replica %s restarted: %d sample(s) it held are free again", self.replica_id, released)
         self.metrics = Metrics()
         self.fault = fault
         self.wake = threading.Event()  # set by the webhook so ingestion runs at once
@@ -258,7 +282,10 @@ class AnnotationService:
         if self._ls is None:
             from sedna_sam.cloud import adapters
 
-            self._ls = adapters.connect_label_studio(self.config)
+            # Replicas starting together would each find no project (storage, webhook) and
+            # make one: the first makes it, the others find it.
+            with self.queue.lock(f"label-studio:{self.config.ls_url}:{self.config.project}"):
+                self._ls = adapters.connect_label_studio(self.config)
         return self._ls
 
     def _at(self, point: str, sample_id: str) -> None:
@@ -288,9 +315,25 @@ class AnnotationService:
         for state, (stage, _) in STAGES.items():
             if state == q.LABELLED and (poll or (poll is None and self._poll_due())):
                 moved["labelled"] = self.poll()
-            moved[stage] = sum(self.run_stage(state, s) for s in self.queue.claim(state, self.config.batch))
+            claimed = self.queue.claim(
+                state, self.config.batch, owner=self.replica_id, lease_s=self.config.lease_s
+            )
+            moved[stage] = sum(self._run_claimed(state, s) for s in claimed)
         self.last_step_at = time.time()
         return moved
+
+    def _run_claimed(self, state: str, sample: q.Sample) -> bool:
+        """Run one sample of a claimed batch: renew its lease first (the batch's earlier
+        items took time) and work on the row as it is now; skip it when the lease was lost
+        to another replica meanwhile. The lease ends when the stage is done, whether or
+        not it moved the sample (a newer annotation may need another replica at once)."""
+        current = self.queue.renew(sample.sample_id, state, self.replica_id, self.config.lease_s)
+        if current is None:
+            log.debug("%s: no longer this replica's (%s), skipped", sample.sample_id, self.replica_id)
+            return False
+        done = self.run_stage(state, current)
+        self.queue.release(sample.sample_id, self.replica_id)
+        return done
 
     def run_until_idle(self, max_steps: int = 50, *, poll: bool | None = None) -> None:
         """Step until a pass moves nothing (tests and one-shot runs)."""
@@ -306,6 +349,9 @@ class AnnotationService:
         start = time.perf_counter()
         try:
             func(self, sample)
+        except Deferred as why:
+            log.info("%s %s waits: %s", stage, sample.sample_id, why)
+            return False
         except Exception as exc:  # noqa: BLE001 - one bad sample must not stop the service
             seconds = time.perf_counter() - start
             self.metrics.observe(stage, seconds, ok=False)
@@ -354,7 +400,10 @@ class AnnotationService:
         return outcome
 
     def _poll_due(self) -> bool:
-        return time.time() - self.last_poll_at >= self.config.poll_interval_s
+        """Time to poll, and this replica's turn: replicas share one poll per interval."""
+        if time.time() - self.last_poll_at < self.config.poll_interval_s:
+            return False
+        return self.queue.take_turn("poll-label-studio", self.config.poll_interval_s)
 
     def poll(self) -> int:
         """The webhook's fallback: ask Label Studio for the newest annotation of every task
@@ -399,16 +448,38 @@ def pre_annotate(service: AnnotationService, sample: q.Sample) -> None:
 
 def push(service: AnnotationService, sample: q.Sample) -> None:
     """pre_annotated -> in_label_studio: one prediction task per image. The task id is
-    stored before the state moves, and the push itself finds an existing task for the
-    same image, so a restart at any point never creates a second one."""
+    stored before the state moves, so a restart at any point never creates a second one.
+
+    Replicas: creating the task runs under the sample's lock, and records its start first
+    (:meth:`~sedna_sam.cloud.queue.Queue.begin_push`). A push that finds none knows no task
+    exists and creates it without reading the project's tasks. One that finds an earlier
+    start (a replica died, or its request timed out, between sending the task and storing
+    its id) lets that request settle (``push_settle_s``: Label Studio finishes a request
+    whose client has gone), then looks the image up in Label Studio before creating one."""
     from sedna_sam.cloud import adapters
 
     task_id = sample.ls_task_id
     if task_id is None:
-        task_id = adapters.push_task(service.ls, service.layout, Path(sample.image_path))
-        service._at("push:created", sample.sample_id)
-        service.queue.set_task(sample.sample_id, task_id)
-        service._at("push:stored", sample.sample_id)
+        ls = service.ls  # connected first: Label Studio down is no push started
+        with service.queue.lock(f"push:{sample.sample_id}"):
+            current = service.queue.get(sample.sample_id)
+            task_id = current.ls_task_id if current is not None else None
+            if task_id is None:
+                started_before = current.push_started_at if current is not None else None
+                if started_before is not None and time.time() < started_before + service.config.push_settle_s:
+                    until = started_before + service.config.push_settle_s
+                    service.queue.defer(sample.sample_id, q.PRE_ANNOTATED, until)
+                    raise Deferred(
+                        f"a push started at {time.strftime('%H:%M:%S', time.localtime(started_before))} was cut "
+                        f"short; looking for its Label Studio task after {until - time.time():.0f} s"
+                    )
+                service.queue.begin_push(sample.sample_id)
+                task_id = adapters.push_task(
+                    ls, service.layout, Path(sample.image_path), look_first=started_before is not None
+                )
+                service._at("push:created", sample.sample_id)
+                service.queue.set_task(sample.sample_id, task_id)
+                service._at("push:stored", sample.sample_id)
     service.queue.advance(sample.sample_id, q.PRE_ANNOTATED, q.IN_LABEL_STUDIO)
     log.info("%s is Label Studio task %s", sample.sample_id, task_id)
     service._at("push:committed", sample.sample_id)
@@ -426,7 +497,10 @@ def ingest(service: AnnotationService, sample: q.Sample) -> None:
         service.ls, service.config.labels, sample.ls_task_id, sample.annotation_id, label
     )
     service._at("ingest:trainids", sample.sample_id)
-    added = adapters.append_index(service.config.index_path, image, label)
+    # The index is rewritten whole (atomic rename): one writer at a time across replicas,
+    # which a file lock on a shared volume does not promise on every filesystem.
+    with service.queue.lock(f"index:{service.config.index_path}"):
+        added = adapters.append_index(service.config.index_path, image, label)
     service._at("ingest:indexed", sample.sample_id)
     moved = service.queue.advance(
         sample.sample_id,

@@ -72,42 +72,74 @@ def _key_values(items: list[str] | None) -> dict[str, object]:
 
 
 def _annotate(args: argparse.Namespace) -> int:
-    from sedna_sam.annotate.engine import annotate_dataset
-    from sedna_sam.labels import load_labels
-    from sedna_sam.storage import DatasetLayout
+    from sedna_sam.annotate import shards
 
     if args.dataset_dir:
-        layout = DatasetLayout(Path(args.dataset_dir))
-        data_dir = args.data_dir or layout.raw_data
-        out_dir = args.out_dir or layout.ssa_output
+        root = str(args.dataset_dir).rstrip("/")
+        data_dir = args.data_dir or f"{root}/raw_data"
+        out_dir = args.out_dir or f"{root}/ssa_output"
     else:
         if not args.data_dir or not args.out_dir:
             raise SednaSamError(
                 "give --data-dir and --out-dir, or --dataset-dir (uses raw_data/ and ssa_output/)"
             )
         data_dir, out_dir = args.data_dir, args.out_dir
+    if args.merge_report:
+        count = shards.shard_count_from(args.shard_count)
+        if count is None:
+            raise SednaSamError(f"--merge-report needs --shard-count N (or ${shards.COUNT_ENV})")
+        merged = shards.merge_reports(data_dir, out_dir, count, save_img=args.save_img)
+        print(merged.summary())
+        print(f"report: {str(out_dir).rstrip('/')}/{shards.REPORT_DIR}/merged-of-{count:05d}.json")
+        return merged.exit_code
+    if not args.ckpt_path:
+        raise SednaSamError("--ckpt-path is required (a SAM checkpoint, e.g. models/sam_vit_h_4b8939.pth)")
     if not args.semantic_model:
         raise SednaSamError(f"--semantic-model is required. {SEGFORMER_HINT}")
+    from sedna_sam.annotate.engine import annotate_images
+    from sedna_sam.labels import load_labels
+
+    shard = shards.shard_from(args.shard_index, args.shard_count)
     labels = load_labels(args.config_path or args.dataset)
     options = _options_from_args(args, labels)
     log.info(
-        "annotating %s -> %s (SAM %s, %s %s, labeler %s, points_per_side %d)",
+        "annotating %s -> %s%s (SAM %s, %s %s, labeler %s, points_per_side %d)",
         data_dir,
         out_dir,
+        f", {shard}" if shard else "",
         args.ckpt_path,
         args.semantic_backend,
         args.semantic_model,
         args.labeler,
         options.sam.points_per_side,
     )
-    report = annotate_dataset(
+    loaded: dict[str, object] = {}
+
+    def annotate(images, out, on_done):
+        if args.world_size == 1 and "annotator" not in loaded:  # chunks of a URL input reuse the models
+            from sedna_sam.annotate.engine import Annotator, _device_for
+
+            loaded["annotator"] = Annotator.from_options(options, _device_for(0, options))
+        return annotate_images(
+            images,
+            out,
+            options,
+            world_size=args.world_size,
+            save_img=args.save_img,
+            overwrite=args.overwrite,
+            progress=not args.no_progress,
+            annotator=loaded.get("annotator"),
+            on_done=on_done,
+        )
+
+    report = shards.run_shard(
         data_dir,
         out_dir,
-        options,
-        world_size=args.world_size,
+        shard,
+        annotate,
         save_img=args.save_img,
         overwrite=args.overwrite,
-        progress=not args.no_progress,
+        staging=args.staging_dir,
     )
     return finish(report)
 
@@ -202,7 +234,7 @@ def _register_annotate(subparsers) -> None:
         default=None,
         help="dataset root: reads raw_data/, writes ssa_output/",
     )
-    _add_model_args(p)
+    _add_model_args(p, required=False)
     p.add_argument(
         "--dataset",
         default="cityscapes",
@@ -222,6 +254,33 @@ def _register_annotate(subparsers) -> None:
     )
     p.add_argument("--overwrite", action="store_true", help="redo images that already have outputs")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (logs only)")
+    g = p.add_argument_group(
+        "shards (a Kubernetes Indexed Job: one pod per shard)",
+        "Each image belongs to one shard by a hash of its file name, so adding images never moves "
+        "finished ones. --data-dir/--out-dir/--dataset-dir may be fsspec URLs (s3://bucket/path, with "
+        "S3_ENDPOINT_URL, ACCESS_KEY_ID, SECRET_ACCESS_KEY): results are uploaded as each image is done.",
+    )
+    g.add_argument(
+        "--shard-index",
+        type=int,
+        default=None,
+        help="this shard (default $JOB_COMPLETION_INDEX, set by Kubernetes in an Indexed Job)",
+    )
+    g.add_argument(
+        "--shard-count",
+        type=int,
+        default=None,
+        help="number of shards (default $SEDNA_SAM_SHARD_COUNT: the Job's completions)",
+    )
+    g.add_argument(
+        "--merge-report",
+        action="store_true",
+        help="no annotating: read every shard's report and the outputs, list what is done, failed and "
+        "missing (exit 1 unless all are done)",
+    )
+    g.add_argument(
+        "--staging-dir", default=None, help="local scratch for URL inputs/outputs (default: the temp dir)"
+    )
     _add_sam_args(p)
     p.set_defaults(func=_annotate)
 

@@ -9,6 +9,7 @@ import threading
 import time
 from pathlib import Path
 
+from sedna_sam.cloud.queue import DEFAULT_LEASE_S  # light: no database driver is imported
 from sedna_sam.commands import add_config_path, add_dataset_dir
 
 SERVE_DESCRIPTION = """\
@@ -23,13 +24,22 @@ lines and starts training when the LifelongLearningJob trigger is passed.
 Every step is recorded in a queue (SQLite by default); a killed service resumes where it
 stopped, without a second Label Studio task or a second index line.
 
+Replicas: with --queue postgresql://user@host:5432/db any number of `cloud serve`
+processes (a Deployment's pods) share one queue. Each pass claims samples with a lease
+(--lease seconds) under the replica's id (--replica-id: default the pod's host name), so
+every sample is pre-annotated once, pushed to Label Studio once and ingested once,
+whichever replica gets the webhook; a replica that dies mid-sample holds it until the
+lease ends. All replicas must mount the dataset at the same path. Put the URL (or just
+the password, as PGPASSWORD) in a Secret; it is never logged with its password.
+
 HTTP: GET /healthz, GET /metrics (Prometheus), POST /webhook (Label Studio).
 The webhook needs the shared secret: header X-Sedna-Sam-Secret (or ?secret=) equal to
 $SEDNA_SAM_WEBHOOK_SECRET. With --webhook-url the service registers that webhook in
 Label Studio itself (the secret travels as a webhook header, never in logs).
 
 env (flags win): SEDNA_SAM_STORE, SEDNA_SAM_DATASET_DIR, SEDNA_SAM_INDEX,
-SEDNA_SAM_QUEUE_URL, LABEL_STUDIO_URL, LABEL_STUDIO_API_KEY (secret),
+SEDNA_SAM_QUEUE_URL (secret when it holds a password), PGPASSWORD (secret),
+SEDNA_SAM_REPLICA_ID, LABEL_STUDIO_URL, LABEL_STUDIO_API_KEY (secret),
 LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT, SEDNA_SAM_LS_PROJECT, SEDNA_SAM_WEBHOOK_SECRET
 (secret), SEDNA_SAM_WEBHOOK_URL, S3_ENDPOINT_URL / ACCESS_KEY_ID / SECRET_ACCESS_KEY
 (s3:// store), LOG_LEVEL.
@@ -50,10 +60,13 @@ def add_queue_options(parser: argparse.ArgumentParser) -> None:
     add_dataset_dir(parser, required=False)
     parser.set_defaults(dataset_dir=os.environ.get("SEDNA_SAM_DATASET_DIR"))
     parser.add_argument(
+        "--queue",
         "--queue-url",
+        dest="queue_url",
         default=os.environ.get("SEDNA_SAM_QUEUE_URL"),
         help="queue database URL (default $SEDNA_SAM_QUEUE_URL, else "
-        "sqlite:///<dataset-dir>/cloud-queue.sqlite); postgresql:// is reserved for several replicas",
+        "sqlite:///<dataset-dir>/cloud-queue.sqlite, for one replica); "
+        "postgresql://user@host:5432/db for any number of replicas (password from the URL or $PGPASSWORD)",
     )
 
 
@@ -113,7 +126,34 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--max-attempts", type=int, default=5, help="tries per stage before a sample is failed (default 5)"
     )
     serve.add_argument("--once", action="store_true", help="do the work there is, without HTTP, then exit")
+    serve.add_argument(
+        "--replica-id",
+        default=os.environ.get("SEDNA_SAM_REPLICA_ID"),
+        help="this replica's name in the queue's leases (default $SEDNA_SAM_REPLICA_ID, else the host "
+        "name: a pod's name); a replica restarted under the same id frees what it held at once",
+    )
+    serve.add_argument(
+        "--lease",
+        type=float,
+        default=DEFAULT_LEASE_S,
+        help=f"seconds a claimed sample stays this replica's; another replica takes it after that if this "
+        f"one died (default {DEFAULT_LEASE_S:.0f}; longer than one sample takes in any stage)",
+    )
+    serve.add_argument(
+        "--push-settle",
+        type=float,
+        default=120.0,
+        help="seconds a Label Studio import cut short (replica killed, request timed out) may still land; "
+        "the sample's next push waits that long, then looks for the task before creating one (default 120)",
+    )
     engine = serve.add_argument_group("pre-annotation")
+    engine.add_argument(
+        "--pre-annotation",
+        choices=("sam", "semantic"),
+        default=os.environ.get("SEDNA_SAM_PRE_ANNOTATION") or "sam",
+        help="sam (default): SAM masks labelled by semantic voting; semantic: the semantic model's class "
+        "map alone, no SAM (coarser polygons, a fraction of the cost: backlogs, CPU-only runs, benches)",
+    )
     engine.add_argument(
         "--sam-checkpoint", default=None, help="SAM checkpoint file (default: the models directory's vit_h)"
     )
@@ -191,10 +231,14 @@ def build_config(args: argparse.Namespace):
             "device": args.device,
             "models_dir": args.models_dir,
             "tiny_random_models": args.tiny_random_models,
+            "pre_annotation": args.pre_annotation,
         },
         batch=args.batch,
         poll_interval_s=args.poll_interval,
         max_attempts=args.max_attempts,
+        replica_id=args.replica_id or "",
+        lease_s=args.lease,
+        push_settle_s=args.push_settle,
     )
 
 
@@ -211,6 +255,7 @@ def run_serve(args: argparse.Namespace) -> int:
             "SEDNA_SAM_WEBHOOK_SECRET is not set: every webhook request will be refused; polling only"
         )
     service = AnnotationService(config)
+    log.info("queue %s, replica %s", service.queue.display_url, service.replica_id)
     service.engine  # noqa: B018 - load the models now: a missing checkpoint stops here, not per sample
     if args.once:
         service.run_until_idle(poll=True)
@@ -230,6 +275,12 @@ def format_status(queue, errors: int = 10) -> str:
     lines = [f"{'state':<16} {'samples':>8}"]
     lines += [f"{state:<16} {counts[state]:>8}" for state in ALL_STATES]
     lines.append(f"{'total':<16} {sum(counts.values()):>8}")
+    held = queue.leases()
+    if held:
+        lines.append("")
+        lines.append(
+            "being worked on: " + ", ".join(f"{n} by {owner or '(unnamed)'}" for owner, n in held.items())
+        )
     recent = queue.last_errors(errors)
     if recent:
         lines.append("")
