@@ -4,7 +4,7 @@ PostgreSQL vs SQLite (baseline: the embedded SQLite queue, same run).
 
 Replicas (part 1): N synthetic frames are flagged and shipped by the edge's own buffer +
 shipper into a local store; each replica is its own process running the service's real
-scan -> claim -> pre-annotate loop (``AnnotationService.step``'s first stage) with the
+scan, then claim (batches of 4) -> pre-annotate (``AnnotationService.step``'s first stage) with the
 fast ``semantic`` pre-annotation on the tiny random-weight Segformer, so what is timed is
 the queue and the per-image work, not SAM. Timing starts when every replica has loaded its
 model and ends when the queue has no sample left in ``received``. Compared: 1 replica with
@@ -65,16 +65,18 @@ def replica_process(config_kw: dict, threads: int, ready, go, result_queue) -> N
     import torch
 
     torch.set_num_threads(threads)
+    import numpy as np
+
     from sedna_sam.cloud.service import AnnotationService, ServiceConfig
 
     service = AnnotationService(ServiceConfig(**config_kw))
-    service.engine  # noqa: B018 - load the model before the clock starts
+    service.engine.annotate(np.zeros((64, 128, 3), np.uint8))  # model loaded and warm before the clock
     ready.release()
     go.wait()
     done = 0
+    service.scan()  # what step() does first; every replica scans, the queue receives each sample once
     while True:
-        service.scan()
-        claimed = service.queue.claim(q.RECEIVED, 1, owner=service.replica_id, lease_s=600)
+        claimed = service.queue.claim(q.RECEIVED, service.config.batch, owner=service.replica_id, lease_s=600)
         if not claimed:
             if service.queue.counts().get(q.RECEIVED, 0) == 0:
                 break
@@ -97,7 +99,7 @@ def time_replicas(
         queue_url=queue_url,
         labels=cityscapes(),
         annotate={"pre_annotation": "semantic", "semantic_model": str(semantic), "device": "cpu"},
-        batch=1,
+        batch=4,
     )
     procs = []
     for i in range(replicas):
