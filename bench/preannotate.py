@@ -1,31 +1,42 @@
-"""Pre-annotation speed: our engine beside a straightforward SSA-style pipeline, same run.
+"""Pre-annotation speed: SAM's automatic masks (stock vs ours per mode), then the rest of
+the pipeline (ours vs a straightforward SSA-style loop), same models, same images, same run.
 
-Both pipelines get the same images and the same models: a SAM (vit_b with random weights
-built here and saved as a real checkpoint, or ``--ckpt`` for a downloaded one) and a
-Segformer (B0 dims, random weights, or ``--semantic-model``). SAM's automatic mask
-generation is segment-anything's own code in both, so it is run once per image and its
-time (encoder, decoder) is counted for both. What differs is measured separately:
+Part ``sam`` (default): segment-anything's own ``SamAutomaticMaskGenerator`` against our
+generator (sedna_sam/annotate/amg.py) in each mode ``backend/precision[/encoder precision]``
+(e.g. ``eager/fp32`` = the exact mode, ``compiled/bf16/bf16``), on the same checkpoint and
+images, interleaved in one process (stock, then each mode, per image and repeat), at two
+SAM settings:
 
-- semantic: ours (tensor pre-processing, class-chunked upsample + argmax) vs the baseline
-  (transformers' image processor, full upsample, argmax);
-- voting: ours (RLE runs -> pixel indices, one bincount per mask, an owner map, one
-  gather) vs the baseline loop written here the way SSA's script does it (decode every
-  mask to a full-size array, torch unique/bincount/top-1, overwrite the full map);
-- output: ``semantic_mask`` RLEs + JSON written atomically vs one encode per class + json.dump.
+- ``bench``: 32 points per side, no crop layer (1024 prompts per image);
+- ``ssa``: the SSA defaults we ship (64 points per side + one crop layer: 4096 + 4 x 1024
+  prompts, 5 encoder passes).
 
-A second table times voting alone on synthetic 2048x1024 masks (RLE), the size where the
-per-mask full-image work of the loop adds up.
+Both use SSA's thresholds (pred_iou 0.86, stability 0.92, box NMS 0.7, min region 100).
+Per run: wall and process CPU seconds, per stage (encoder, decoder, upsample, post =
+filters/NMS/small regions/RLE), masks per step; the exact mode's records are compared
+with the stock ones (identical or not), the others by matched-mask IoU. Compilation and
+ONNX export happen in a warm-up before the timed runs and are reported separately.
+Speed-ups are medians over the paired runs of stock time / our time.
 
-    python bench/preannotate.py --n 2 --size 1024x512 --points-per-side 8
+Part ``pipeline``: the rest of one image (semantic model, voting, JSON), ours vs the
+baseline written here the way SSA's script does it, on the masks of the exact mode (8x8
+points, filters opened so that masks exist to vote on), plus voting alone on 300
+synthetic masks at 2048x1024.
 
-Prints tables and writes JSON (default bench/results/preannotate.json). Random-weight
-models give meaningless masks; their number (reported) is what the voting cost depends on.
+    python bench/preannotate.py --n 2 --size 1024x512 --configs bench \
+        --modes eager/fp32,compiled/fp32,onnx/fp32,compiled/bf16/bf16 --threads 2
+
+Random weights (no checkpoint download here) score every mask low: at SSA's thresholds few
+or none survive, so the post-processing share is smaller than with real weights (see
+README); ``--open-filters`` opens them instead. Prints tables, writes JSON (default
+bench/results/preannotate.json).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import tempfile
 import time
@@ -100,10 +111,11 @@ def prepare_models(args, work: Path, labels):
 
     ckpt = args.ckpt
     if not ckpt:
-        ckpt = work / f"sam_{args.model}_random.pth"
+        ckpt = work / f"sam_{args.model}_random_calibrated.pth"
         if not ckpt.exists():
             print(f"building a random-weight {args.model} checkpoint at {ckpt} ...")
             build_tiny_sam(ckpt, args.model)
+            calibrate_random_sam(ckpt)
     semantic = args.semantic_model
     if not semantic:
         import torch
@@ -119,6 +131,34 @@ def prepare_models(args, work: Path, labels):
             )
             save_segformer(SegformerForSemanticSegmentation(config), semantic, input_size=(512, 1024))
     return str(ckpt), str(semantic)
+
+
+# Random weights predict IoU ~0.03 and logits under 1, so at SSA's thresholds no mask
+# survives (and the stock generator then fails on an image with crops: it indexes an empty
+# crop-box tensor). Two edits give the random checkpoint real SAM's orders of magnitude:
+# IoU head bias +0.83 (about half the candidates pass pred_iou_thresh 0.86, 9 prompts in
+# 10 keep at least one) and hypernetwork outputs x150 (logits of ~5-30: about a third pass
+# stability 0.92). Masks stay random textures (large, noisy outlines).
+IOU_BIAS_SHIFT = 0.83
+LOGIT_SCALE = 150.0
+
+
+def calibrate_random_sam(path: Path) -> None:
+    """Apply the two edits above to a random-weight SAM checkpoint file, in place."""
+    import io
+
+    import torch
+
+    from sedna_sam.storage import atomic_write_bytes
+
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    for i in range(4):
+        for kind in ("weight", "bias"):
+            state[f"mask_decoder.output_hypernetworks_mlps.{i}.layers.2.{kind}"] *= LOGIT_SCALE
+    state["mask_decoder.iou_prediction_head.layers.2.bias"] += IOU_BIAS_SHIFT
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    atomic_write_bytes(path, buf.getvalue())
 
 
 def synthetic_rles(h: int, w: int, n: int, seed: int = 0) -> list[dict]:
@@ -137,42 +177,19 @@ def synthetic_rles(h: int, w: int, n: int, seed: int = 0) -> list[dict]:
     return records
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--n", type=int, default=2, help="images")
-    parser.add_argument("--size", default="1024x512", help="WxH of the generated images")
-    parser.add_argument(
-        "--model", default="vit_b", help="random-weight SAM to build: vit_b (default), vit_l, vit_h, tiny"
-    )
-    parser.add_argument("--ckpt", default=None, help="a real SAM checkpoint instead")
-    parser.add_argument("--semantic-model", default=None, help="a Segformer dir/hub id instead of random B0")
-    parser.add_argument("--points-per-side", type=int, default=8)
-    parser.add_argument("--crop-n-layers", type=int, default=0)
-    parser.add_argument("--device", default=None)
-    parser.add_argument("--autocast", choices=["bf16", "fp16"], default=None)
-    parser.add_argument(
-        "--voting-masks", type=int, default=300, help="masks in the synthetic 2048x1024 voting test"
-    )
-    parser.add_argument("--out", default="bench/results/preannotate.json")
-    parser.add_argument("--work", default=None, help="where models are built (default: a temp dir)")
-    args = parser.parse_args()
-
+def bench_pipeline(args, work: Path, labels, ckpt: str, semantic: str) -> dict:
+    """Semantic + voting + JSON: ours vs the SSA-style baseline, on the exact mode's masks."""
     import torch
     from transformers import SegformerForSemanticSegmentation, SegformerImageProcessor
 
     from sedna_sam.annotate.engine import AnnotateOptions, Annotator
     from sedna_sam.annotate.labelers import SemanticEvidence
+    from sedna_sam.annotate.modes import SamMode
     from sedna_sam.annotate.sam import sam_params
     from sedna_sam.annotate.voting import MaskSet, class_counts_and_owner, paint, ssa_vote
     from sedna_sam.formats.ssa import ssa_document
 
-    labels = cityscapes()
     w, h = (int(v) for v in args.size.lower().split("x"))
-    work = Path(args.work or tempfile.mkdtemp(prefix="bench-preannotate-"))
-    work.mkdir(parents=True, exist_ok=True)
-    ckpt, semantic = prepare_models(args, work, labels)
     # Random weights score masks low: open SAM's filters so masks exist to vote on.
     random_sam = args.ckpt is None
     params = sam_params(
@@ -183,7 +200,9 @@ def main() -> None:
         stability_score_thresh=0.0 if random_sam else None,
         box_nms_thresh=1.0 if random_sam else None,  # random masks overlap: keep them all
     )
-    options = AnnotateOptions(ckpt, semantic, labels, sam=params, autocast=args.autocast, device=args.device)
+    options = AnnotateOptions(
+        ckpt, semantic, labels, sam=params, device=args.device, sam_mode=SamMode("eager", "fp32", "fp32")
+    )
     t0 = time.perf_counter()
     annotator = Annotator.from_options(options)
     load_s = time.perf_counter() - t0
@@ -287,14 +306,7 @@ def main() -> None:
         f"voting only, {voting_only['size']}, {voting_only['masks']} masks: ours {v_ours:.2f}s, "
         f"baseline loop {v_base:.2f}s, identical maps: {voting_only['identical']}"
     )
-    report = dict(
-        machine=dict(
-            platform=platform.platform(),
-            processor=platform.processor(),
-            torch_threads=torch.get_num_threads(),
-            device=device,
-            cuda=torch.cuda.is_available(),
-        ),
+    return dict(
         settings=dict(
             n=args.n,
             size=args.size,
@@ -303,13 +315,323 @@ def main() -> None:
             semantic=str(semantic),
             points_per_side=args.points_per_side,
             crop_n_layers=args.crop_n_layers,
-            autocast=args.autocast,
             model_load_s=load_s,
+            device=device,
         ),
         per_image=rows,
         seconds_per_image=summary,
         voting_only=voting_only,
     )
+
+
+# --- SAM: stock AMG vs ours per mode -------------------------------------------------------
+
+SAM_CONFIGS = {
+    "bench": dict(points_per_side=32, crop_n_layers=0),
+    "ssa": {},  # SamParams() as shipped: 64 points per side, one crop layer
+}
+STAGES = ("encoder", "decoder", "upsample", "post")
+
+
+class Clock:
+    """Wall and process-CPU seconds accumulated per stage."""
+
+    def __init__(self) -> None:
+        self.wall: dict[str, float] = {}
+        self.cpu: dict[str, float] = {}
+
+    def add(self, stage: str, wall: float, cpu: float) -> None:
+        self.wall[stage] = self.wall.get(stage, 0.0) + wall
+        self.cpu[stage] = self.cpu.get(stage, 0.0) + cpu
+
+
+class StockRunner:
+    """segment-anything's own generator, its stages timed through instance wrappers:
+    ``set_image`` (encoder), ``predict_torch`` (decoder, minus its ``postprocess_masks``:
+    upsample); the rest of ``generate`` is post-processing."""
+
+    name = "stock"
+
+    def __init__(self, sam, params: dict) -> None:
+        from segment_anything import SamAutomaticMaskGenerator
+
+        self.generator = SamAutomaticMaskGenerator(sam, output_mode="coco_rle", **params)
+        self.clock = Clock()
+        self.sync = _sync_for(sam)
+        predictor = self.generator.predictor
+        predictor.set_image = self._timed("encoder", predictor.set_image)
+        predictor.predict_torch = self._timed("predict", predictor.predict_torch)
+        # The bound method of the class, so that a runner made later replaces this wrapper.
+        sam.postprocess_masks = self._timed("upsample", type(sam).postprocess_masks.__get__(sam))
+
+    def _timed(self, stage: str, fn):
+        def run(*args, **kwargs):
+            wall, cpu = time.perf_counter(), time.process_time()
+            out = fn(*args, **kwargs)
+            self.sync()
+            self.clock.add(stage, time.perf_counter() - wall, time.process_time() - cpu)
+            return out
+
+        return run
+
+    def warmup(self, size: tuple[int, int]) -> float:
+        return 0.0
+
+    def run(self, image: np.ndarray) -> tuple[list[dict], dict, dict, dict]:
+        self.clock = clock = Clock()
+        wall, cpu = time.perf_counter(), time.process_time()
+        try:
+            records = self.generator.generate(image)
+        except IndexError:  # the stock generator's known failure when no crop keeps a mask
+            records = []  # counted as 0 records
+        self.sync()
+        total_wall, total_cpu = time.perf_counter() - wall, time.process_time() - cpu
+        stages = {}
+        for kind, table, total in (("wall", clock.wall, total_wall), ("cpu", clock.cpu, total_cpu)):
+            enc, pred, up = (table.get(k, 0.0) for k in ("encoder", "predict", "upsample"))
+            stages[kind] = dict(
+                encoder=enc, decoder=pred - up, upsample=up, post=total - enc - pred, total=total
+            )
+        return records, stages, {}, {}
+
+
+class OursRunner:
+    """Our generator in one mode; ``warmup`` compiles/exports before the timed runs."""
+
+    def __init__(self, sam, params: dict, spec: str) -> None:
+        from sedna_sam.annotate.amg import MaskGenerator
+        from sedna_sam.annotate.backends import make_backend
+        from sedna_sam.annotate.modes import CUDA_DECODER_BATCH
+        from sedna_sam.annotate.precision import precision
+
+        parts = spec.split("/")
+        backend, prec = parts[0], parts[1] if len(parts) > 1 else "fp32"
+        encoder = parts[2] if len(parts) > 2 else "fp32"
+        self.name = spec
+        device = str(sam.device)
+        batch = params["points_per_batch"]
+        if device.startswith("cuda") and backend != "eager":
+            batch = max(batch, CUDA_DECODER_BATCH)
+        self.generator = MaskGenerator(
+            sam,
+            make_backend(backend, sam, precision(prec, device), batch),
+            precision(encoder, device),
+            encoder_batch=8 if device.startswith("cuda") else 1,
+            detailed_timings=True,
+            **dict(params, points_per_batch=batch),
+        )
+        self.exact = backend == "eager" and prec == "fp32" and encoder == "fp32"
+
+    def warmup(self, size: tuple[int, int]) -> float:
+        seconds = self.generator.warmup(size)
+        return (
+            seconds + self.generator.backend.warmup_seconds
+            if self.generator.backend.name == "onnx"
+            else seconds
+        )
+
+    def run(self, image: np.ndarray) -> tuple[list[dict], dict, dict, dict]:
+        wall, cpu = time.perf_counter(), time.process_time()
+        records = self.generator.generate(image)
+        total_wall, total_cpu = time.perf_counter() - wall, time.process_time() - cpu
+        watch = self.generator.watch
+        stages = {}
+        for kind, table, total in (("wall", watch.wall, total_wall), ("cpu", watch.cpu, total_cpu)):
+            enc, dec, up = (table.get(k, 0.0) for k in ("encoder", "decoder", "upsample"))
+            stages[kind] = dict(
+                encoder=enc, decoder=dec, upsample=up, post=total - enc - dec - up, total=total
+            )
+        backend = self.generator.backend
+        info = {"fallback": backend.fallback, "effective_backend": backend.effective}
+        return records, stages, dict(self.generator.counts), info
+
+
+def _sync_for(sam):
+    import torch
+
+    if str(sam.device).startswith("cuda"):
+        return torch.cuda.synchronize
+    return lambda: None
+
+
+def compare_records(ours: list[dict], stock: list[dict]) -> dict:
+    """identical (same JSON text), and matched-mask IoU: for each stock mask the best IoU
+    with one of ours (percentiles), plus the counts."""
+    from pycocotools import mask as mask_utils
+
+    out = dict(identical=json.dumps(ours) == json.dumps(stock), stock_masks=len(stock), our_masks=len(ours))
+    if stock and ours:
+
+        def rles(records):
+            return [dict(r["segmentation"], counts=r["segmentation"]["counts"].encode()) for r in records]
+
+        best = np.asarray(mask_utils.iou(rles(stock), rles(ours), [0] * len(ours))).max(1)
+        out.update(iou_p1=float(np.percentile(best, 1)), iou_median=float(np.median(best)))
+    elif stock or ours:
+        out.update(iou_p1=0.0, iou_median=0.0)
+    return out
+
+
+def bench_sam(args, ckpt: str) -> dict:
+    import torch
+
+    from sedna_sam.annotate.sam import SamParams
+    from sedna_sam.labels import cityscapes
+    from sedna_sam.models import load_sam
+
+    labels = cityscapes()
+    w, h = (int(v) for v in args.size.lower().split("x"))
+    sam = load_sam(ckpt, device=args.device)
+    device = str(sam.device)
+    modes = [m for m in args.modes.split(",") if m]
+    results = {}
+    for config in [c for c in args.configs.split(",") if c]:
+        from dataclasses import asdict
+
+        params = asdict(SamParams())
+        params.update(SAM_CONFIGS[config])
+        if args.sam_points:
+            params["points_per_side"] = args.sam_points
+        if args.open_filters:
+            params.update(pred_iou_thresh=0.0, stability_score_thresh=0.0, box_nms_thresh=1.0)
+        print(f"\n== {config}: {params}", flush=True)
+        runners = [StockRunner(sam, params)] + [OursRunner(sam, params, m) for m in modes]
+        warmups = {}
+        for r in runners[1:]:
+            warmups[r.name] = r.warmup((h, w))
+            print(f"warm-up {r.name}: {warmups[r.name]:.1f} s", flush=True)
+        runs = []
+        for i in range(args.n):
+            image = render_scene(make_street_scene(h, w, seed=100 + i), labels, seed=100 + i)
+            for rep in range(args.reps):
+                stock_records = None
+                for r in runners:
+                    records, stages, counts, info = r.run(image)
+                    row = dict(
+                        config=config, image=i, rep=rep, mode=r.name, stages=stages, counts=counts, **info
+                    )
+                    if r.name == "stock":
+                        stock_records = records
+                        row["masks"] = len(records)
+                    else:
+                        row["vs_stock"] = compare_records(records, stock_records)
+                        row["masks"] = len(records)
+                    runs.append(row)
+                    extra = "" if r.name == "stock" else f" vs stock {row['vs_stock']}"
+                    print(
+                        f"  image {i} rep {rep} {r.name:22} wall {stages['wall']['total']:7.1f} s  "
+                        f"cpu {stages['cpu']['total']:7.1f} s  masks {len(records)}{extra}",
+                        flush=True,
+                    )
+        results[config] = dict(params=params, warmup_s=warmups, runs=runs, summary=summarize(runs, modes))
+        print_table(config, results[config]["summary"], w, h, args.n, args.reps)
+    return dict(
+        sam=Path(ckpt).name, size=args.size, device=device, threads=torch.get_num_threads(), configs=results
+    )
+
+
+def summarize(runs: list[dict], modes: list[str]) -> dict:
+    """Medians per mode of wall/CPU per stage, and of the paired speed-ups over stock."""
+    stock = {(r["image"], r["rep"]): r for r in runs if r["mode"] == "stock"}
+    out = {}
+    for mode in ["stock", *modes]:
+        rows = [r for r in runs if r["mode"] == mode]
+        entry = {}
+        for kind in ("wall", "cpu"):
+            entry[kind] = {
+                s: float(np.median([r["stages"][kind][s] for r in rows])) for s in (*STAGES, "total")
+            }
+            if mode != "stock":
+                ratios = [
+                    stock[(r["image"], r["rep"])]["stages"][kind]["total"] / r["stages"][kind]["total"]
+                    for r in rows
+                ]
+                entry[f"speedup_{kind}"] = float(np.median(ratios))
+        entry["masks"] = float(np.median([r["masks"] for r in rows]))
+        if mode != "stock":
+            entry["identical"] = all(r["vs_stock"]["identical"] for r in rows)
+            p1 = [r["vs_stock"].get("iou_p1") for r in rows if "iou_p1" in r["vs_stock"]]
+            entry["iou_p1_min"] = min(p1) if p1 else None
+            entry["fallback"] = next((r["fallback"] for r in rows if r.get("fallback")), None)
+        out[mode] = entry
+    return out
+
+
+def print_table(config: str, summary: dict, w: int, h: int, n: int, reps: int) -> None:
+    print(f"\n{config}: {n} images {w}x{h} x {reps} paired runs; medians, seconds per image (wall / CPU)")
+    head = (
+        f"{'mode':24}"
+        + "".join(f"{s:>16}" for s in (*STAGES, "total"))
+        + f"{'speed-up':>16}{'masks':>7}  same as stock"
+    )
+    print(head)
+    for mode, e in summary.items():
+        cells = "".join(f"{e['wall'][s]:8.1f}/{e['cpu'][s]:<7.1f}" for s in (*STAGES, "total"))
+        speed = "" if mode == "stock" else f"{e['speedup_wall']:7.2f}x/{e['speedup_cpu']:.2f}x"
+        same = ""
+        if mode != "stock":
+            same = "identical" if e["identical"] else f"IoU p1 {e['iou_p1_min']}"
+            if e.get("fallback"):
+                same += f" (fell back: {e['fallback']})"
+        print(f"{mode:24}{cells}{speed:>16}{e['masks']:7.0f}  {same}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--part", default="sam,pipeline", help="sam, pipeline or both (default)")
+    parser.add_argument("--n", type=int, default=2, help="images")
+    parser.add_argument("--reps", type=int, default=1, help="paired runs per image (stock and every mode)")
+    parser.add_argument("--size", default="1024x512", help="WxH of the generated images")
+    parser.add_argument(
+        "--model", default="vit_b", help="random-weight SAM to build: vit_b (default), vit_l, vit_h, tiny"
+    )
+    parser.add_argument("--ckpt", default=None, help="a real SAM checkpoint instead")
+    parser.add_argument("--configs", default="bench,ssa", help="SAM settings: bench (32 pts, no crops), ssa")
+    parser.add_argument(
+        "--modes",
+        default="eager/fp32,compiled/fp32,onnx/fp32,eager/bf16,compiled/bf16,compiled/bf16/bf16",
+        help="our modes, backend/precision[/encoder precision]",
+    )
+    parser.add_argument("--open-filters", action="store_true", help="thresholds 0, box NMS 1.0 (sam part)")
+    parser.add_argument("--sam-points", type=int, default=None, help="override points_per_side (quick runs)")
+    parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (default 2)")
+    parser.add_argument("--semantic-model", default=None, help="a Segformer dir/hub id instead of random B0")
+    parser.add_argument("--points-per-side", type=int, default=8, help="pipeline part")
+    parser.add_argument("--crop-n-layers", type=int, default=0, help="pipeline part")
+    parser.add_argument("--device", default=None)
+    parser.add_argument(
+        "--voting-masks", type=int, default=300, help="masks in the synthetic 2048x1024 voting test"
+    )
+    parser.add_argument("--out", default="bench/results/preannotate.json")
+    parser.add_argument("--work", default=None, help="where models are built (default: a temp dir)")
+    args = parser.parse_args()
+
+    import torch
+
+    torch.set_num_threads(args.threads)
+    labels = cityscapes()
+    work = Path(args.work or tempfile.mkdtemp(prefix="bench-preannotate-"))
+    work.mkdir(parents=True, exist_ok=True)
+    ckpt, semantic = prepare_models(args, work, labels)
+    report = dict(
+        machine=dict(
+            platform=platform.platform(),
+            processor=platform.processor(),
+            cpus=os.cpu_count(),
+            load_average_at_start=os.getloadavg(),
+            torch=torch.__version__,
+            torch_threads=torch.get_num_threads(),
+            cuda=torch.cuda.is_available(),
+        ),
+    )
+    parts = args.part.split(",")
+    if "sam" in parts:
+        report["sam"] = bench_sam(args, ckpt)
+    if "pipeline" in parts:
+        report["pipeline"] = bench_pipeline(args, work, labels, ckpt, semantic)
+    report["machine"]["load_average_at_end"] = os.getloadavg()
     atomic_write_json(Path(args.out), report, indent=2)
     print(f"wrote {args.out}")
 

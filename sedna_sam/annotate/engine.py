@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from sedna_sam.annotate.labelers import MaskLabels, SemanticEvidence, class_name, make_labeler
+from sedna_sam.annotate.modes import SamMode
 from sedna_sam.annotate.sam import MaskBranch, SamParams
 from sedna_sam.annotate.voting import MaskSet, class_counts_and_owner, paint
 from sedna_sam.errors import BatchReport, InputError, SednaSamError
@@ -48,7 +49,9 @@ class AnnotateOptions:
 
     ``semantic_model``: directory or hub id (segformer) or "CONFIG::CKPT" (mmseg).
     ``device`` None = CUDA when present; ``num_threads`` CPU threads per process (None:
-    all cores split over the workers).
+    all cores split over the workers). ``sam_mode``: how SAM runs (decoder backend,
+    precisions, batches; default the exact mode). ``overlap`` runs the semantic model in a
+    thread while SAM runs (None: on CUDA only, where it uses its own stream).
     """
 
     ckpt_path: str
@@ -62,6 +65,8 @@ class AnnotateOptions:
     autocast: str | None = None
     device: str | None = None
     num_threads: int | None = None
+    sam_mode: SamMode = field(default_factory=SamMode)
+    overlap: bool | None = None
 
 
 @dataclass
@@ -79,11 +84,14 @@ class PreAnnotation:
 class Annotator:
     """SAM + semantic backend + labeler, loaded once, applied to many images."""
 
-    def __init__(self, mask_branch: MaskBranch, semantic, labeler, labels: LabelSet) -> None:
+    def __init__(
+        self, mask_branch: MaskBranch, semantic, labeler, labels: LabelSet, overlap: bool | None = None
+    ) -> None:
         self.mask_branch = mask_branch
         self.semantic = semantic
         self.labeler = labeler
         self.labels = labels
+        self.overlap = mask_branch.device.startswith("cuda") if overlap is None else overlap
 
     @classmethod
     def from_options(cls, options: AnnotateOptions, device: str | None = None) -> Annotator:
@@ -97,7 +105,8 @@ class Annotator:
             options.semantic_backend, options.semantic_model, options.labels, device, options.autocast
         )
         labeler = make_labeler(options.labeler, options.labels, **options.labeler_options)
-        return cls(MaskBranch(sam, options.sam, options.autocast), semantic, labeler, options.labels)
+        mask_branch = MaskBranch(sam, options.sam, options.autocast, options.sam_mode)
+        return cls(mask_branch, semantic, labeler, options.labels, options.overlap)
 
     def annotate(self, image: np.ndarray) -> PreAnnotation:
         """Pre-annotate one (H, W, 3) uint8 RGB image."""
@@ -105,11 +114,7 @@ class Annotator:
 
         if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
             raise InputError(f"image must be (H, W, 3) uint8, got {image.shape} {image.dtype}")
-        records = self.mask_branch.generate(image)
-        timings = dict(self.mask_branch.last_timings)
-        start = time.perf_counter()
-        semantic_ids = self.semantic.predict(image)
-        timings["semantic"] = time.perf_counter() - start
+        records, semantic_ids, timings = self._sam_and_semantic(image)
 
         start = time.perf_counter()
         masks = MaskSet.from_rles([r["segmentation"] for r in records], image.shape[:2])
@@ -122,9 +127,53 @@ class Annotator:
         timings["voting"] = time.perf_counter() - start
 
         start = time.perf_counter()
-        document = ssa_document(class_map, records)
+        document = ssa_document(class_map, records, metadata={"sam_mode": self.mask_branch.metadata})
         timings["rle"] = time.perf_counter() - start
         return PreAnnotation(document, class_map, owner, timings)
+
+    def _sam_and_semantic(
+        self, image: np.ndarray
+    ) -> tuple[list[dict[str, Any]], np.ndarray, dict[str, float]]:
+        """SAM's records and the semantic ids; with ``overlap`` the semantic model runs in a
+        thread (on its own CUDA stream on a GPU) while SAM runs."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        def semantic() -> tuple[np.ndarray, float]:
+            start = time.perf_counter()
+            with _side_stream(self.mask_branch.device):
+                return self.semantic.predict(image), time.perf_counter() - start
+
+        if not self.overlap:
+            records = self.mask_branch.generate(image)
+            semantic_ids, seconds = semantic()
+        else:
+            with ThreadPoolExecutor(1, thread_name_prefix="semantic") as pool:
+                future = pool.submit(semantic)
+                records = self.mask_branch.generate(image)
+                semantic_ids, seconds = future.result()
+        timings = dict(self.mask_branch.last_timings)
+        timings["semantic"] = seconds
+        return records, semantic_ids, timings
+
+
+def _side_stream(device: str):
+    """A CUDA stream of its own on ``device`` (work there overlaps the default stream's,
+    synchronised before the results are used); a no-op on CPU."""
+    import contextlib
+
+    if not str(device).startswith("cuda"):
+        return contextlib.nullcontext()
+    import torch
+
+    @contextlib.contextmanager
+    def run():
+        stream = torch.cuda.Stream(device=device)
+        stream.wait_stream(torch.cuda.current_stream(device))
+        with torch.cuda.stream(stream):
+            yield
+        stream.synchronize()
+
+    return run()
 
 
 # --- files -------------------------------------------------------------------------------
@@ -154,16 +203,30 @@ def is_done(out_dir: str | Path, stem: str, save_img: bool) -> bool:
     return True
 
 
+def read_image(image_path: str | Path) -> np.ndarray:
+    """An image file decoded for annotation: what :func:`annotate_file` reads, and what
+    :func:`annotate_images` reads ahead in a thread for the next image."""
+    from sedna_sam.images import read_image_rgb
+
+    return read_image_rgb(image_path)
+
+
 def annotate_file(
-    annotator: Annotator, image_path: str | Path, out_dir: str | Path, save_img: bool = False
+    annotator: Annotator,
+    image_path: str | Path,
+    out_dir: str | Path,
+    save_img: bool = False,
+    image: np.ndarray | None = None,
 ) -> dict[str, float]:
-    """Pre-annotate one image file into ``out_dir``; returns the timings (incl. ``io``)."""
+    """Pre-annotate one image file into ``out_dir``; returns the timings (incl. ``io``).
+    ``image``: the file already decoded by :func:`read_image` (read ahead)."""
     from sedna_sam.annotate.overlay import render_overlay
-    from sedna_sam.images import read_image_rgb, write_png
+    from sedna_sam.images import write_png
     from sedna_sam.storage import atomic_write_json, image_stem
 
     start = time.perf_counter()
-    image = read_image_rgb(image_path)
+    if image is None:
+        image = read_image(image_path)
     io_seconds = time.perf_counter() - start
     result = annotator.annotate(image)
     json_path, png_path = output_paths(out_dir, image_stem(image_path))
@@ -311,9 +374,9 @@ def annotate_images(
             if options.num_threads:
                 _set_threads(options, 1)
             annotator = annotator or Annotator.from_options(options, _device_for(0, options))
-            for item in todo:
+            for item, image in read_ahead(todo):
                 try:
-                    record("ok", str(item), "", annotate_file(annotator, item, out_dir, save_img))
+                    record("ok", str(item), "", annotate_file(annotator, item, out_dir, save_img, image.result()))
                 except SednaSamError as exc:
                     record("fail", str(item), str(exc), {})
                 except Exception as exc:
@@ -327,6 +390,19 @@ def annotate_images(
         parts = ", ".join(f"{k} {v / report.done:.2f}" for k, v in totals.items())
         log.info("seconds per image: %s", parts)
     return report
+
+
+def read_ahead(paths: Sequence[Path]):
+    """(path, future of :func:`read_image`) in order, the next image decoded in a thread
+    while the current one is annotated; a read error is raised by ``future.result()``."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(1, thread_name_prefix="read-ahead") as pool:
+        pending = pool.submit(read_image, paths[0]) if paths else None
+        for i, path in enumerate(paths):
+            current = pending
+            pending = pool.submit(read_image, paths[i + 1]) if i + 1 < len(paths) else None
+            yield path, current
 
 
 def _run_workers(

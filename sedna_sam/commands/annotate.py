@@ -22,9 +22,14 @@ SEGFORMER_HINT = (
 
 # --- annotate ----------------------------------------------------------------------------
 
+# "auto" + sedna_sam.annotate.backends.DECODER_BACKENDS' names, spelled out so that building
+# the parser (`sedna-sam --help`) does not import torch; a test keeps the two equal.
+SAM_BACKEND_CHOICES = ("auto", "compiled", "eager", "onnx")
+
 
 def _options_from_args(args: argparse.Namespace, labels):
     from sedna_sam.annotate.engine import AnnotateOptions
+    from sedna_sam.annotate.modes import SamMode
     from sedna_sam.annotate.sam import sam_params
 
     params = sam_params(
@@ -50,6 +55,14 @@ def _options_from_args(args: argparse.Namespace, labels):
         autocast=args.autocast,
         device=args.device,
         num_threads=args.threads,
+        sam_mode=SamMode(
+            backend=args.sam_backend,
+            precision=args.sam_precision,
+            encoder_precision=args.sam_encoder_precision,
+            decoder_batch=args.sam_decoder_batch,
+            encoder_batch=args.sam_encoder_batch,
+        ),
+        overlap=args.overlap,
     )
 
 
@@ -210,6 +223,52 @@ def _add_sam_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--threads", type=int, default=None, help="CPU threads per worker (default: cores / world size)"
+    )
+    _add_sam_mode_args(p)
+
+
+def _add_sam_mode_args(p: argparse.ArgumentParser) -> None:
+    from sedna_sam.annotate.precision import PRECISIONS
+
+    g = p.add_argument_group(
+        "how SAM runs (same masks as segment-anything's generator in fp32; eager fp32 is bit-exact)"
+    )
+    g.add_argument(
+        "--sam-backend",
+        default="auto",
+        choices=SAM_BACKEND_CHOICES,
+        help="mask decoder backend: auto (default: the fastest here, measured once per machine and "
+        "cached), eager (bit-exact in fp32), compiled (torch.compile), onnx (onnxruntime, CPU, fp32)",
+    )
+    g.add_argument(
+        "--sam-precision",
+        default=None,
+        choices=["auto", *PRECISIONS.names()],
+        help="mask decoder precision (default: --autocast, else fp32); bf16 on CPU and CUDA, fp16 on CUDA",
+    )
+    g.add_argument(
+        "--sam-encoder-precision",
+        default=None,
+        choices=["auto", *PRECISIONS.names()],
+        help="image encoder precision (default: --autocast, else fp32; auto: bf16 on CUDA, fp32 on CPU)",
+    )
+    g.add_argument(
+        "--sam-decoder-batch",
+        type=int,
+        default=None,
+        help="prompts per decoder call (default: --points-per-batch on CPU, 256 on CUDA)",
+    )
+    g.add_argument(
+        "--sam-encoder-batch",
+        type=int,
+        default=None,
+        help="crops per image-encoder call (default: 1 on CPU, 8 on CUDA)",
+    )
+    g.add_argument(
+        "--overlap",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="run the semantic model in a thread while SAM runs (default: on CUDA only)",
     )
 
 
