@@ -1,4 +1,4 @@
-"""Batch converters over a dataset folder (DESIGN.md section 2):
+"""Batch converters over a dataset folder (docs/architecture.md section 3):
 
 * :func:`ssa_to_ls`: ``ssa_output/<stem>_semantic.json`` -> ``ls_data/<stem>_semantic_poly_ls.json``
   (one Label Studio task each) and ``ls_data/tasks.json`` (all of them, for bulk import);

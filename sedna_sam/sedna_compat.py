@@ -38,7 +38,7 @@ class EnvVar:
     secret: bool = False
 
 
-# Every name any sedna-sam role reads, with what it means (DESIGN.md section 5; the
+# Every name any sedna-sam role reads, with what it means (docs/architecture.md section 5; the
 # defaults are those of kubeedge/sedna lib/sedna/common/config.py and
 # core/lifelong_learning/knowledge_management/edge_knowledge_management.py).
 ENV: dict[str, EnvVar] = {

@@ -73,7 +73,7 @@ def image_stem(path: str | Path) -> str:
 
 @dataclass(frozen=True)
 class DatasetLayout:
-    """The seed's dataset layout (DESIGN.md section 2)::
+    """The dataset layout (docs/architecture.md section 3)::
 
     root/raw_data/<stem>.<ext>              input images
     root/ssa_output/<stem>_semantic.json    SSA pre-annotation (+ _semantic.png overlay)

@@ -32,7 +32,7 @@ PLACEHOLDERS = re.compile(
 
 # Env read by a library inside our images rather than by our code, set on purpose.
 THIRD_PARTY_ENV = {"HF_HOME"}  # huggingface_hub's cache directory
-# What Sedna's global manager sets itself in each worker kind (DESIGN.md section 5; never set
+# What Sedna's global manager sets itself in each worker kind (docs/architecture.md section 5; never set
 # by our templates). The names every role reads are sedna_sam.sedna_compat.ENV / ROLE_ENV.
 GM_ENV_ALL = {"NAMESPACE", "JOB_NAME", "WORKER_NAME", "LC_SERVER", "KB_SERVER"}
 GM_ENV = {

@@ -12,7 +12,7 @@ the id order, and a model with other classes fails loudly instead of mislabellin
   upsampled to the image size before the argmax, as SSA does.
 - ``mmseg``: an MMSegmentation config + checkpoint; only available when mmsegmentation and
   a full mmcv (with its compiled ops) import. Not the case on our development machines
-  (DESIGN.md section 6); the error says so.
+  (docs/architecture.md section 6); the error says so.
 """
 
 from __future__ import annotations

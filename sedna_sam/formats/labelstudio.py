@@ -6,7 +6,7 @@ A task we write::
      "predictions": [{"model_version": ..., "score": ..., "result": [polygon result, ...]}],
      "meta": {"sedna_sam": {...options it was made with...}}}
 
-A polygon result (DESIGN.md section 4), points in percent of the image size, vertices on
+A polygon result (docs/architecture.md section 4), points in percent of the image size, vertices on
 pixel corners (:mod:`sedna_sam.geometry`)::
 
     {"id", "from_name": "label", "to_name": "image", "type": "polygonlabels",
