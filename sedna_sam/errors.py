@@ -58,3 +58,38 @@ class BatchReport:
         for item, message in self.failed:
             lines.append(f"  FAILED {item}: {message}")
         return "\n".join(lines)
+
+
+# Network failures of the clients we use, by class name: botocore/aiobotocore/aiohttp (S3
+# stores) and requests/urllib3/httpx (Label Studio). Matched by name so that this module
+# imports none of them.
+_CONNECTION_ERROR_NAMES = frozenset(
+    {
+        "EndpointConnectionError",
+        "ConnectTimeoutError",
+        "ReadTimeoutError",
+        "ConnectionClosedError",
+        "ClientConnectorError",
+        "ServerDisconnectedError",
+        "ClientOSError",
+        "ServerUnreachable",  # our Label Studio client: no answer after its retries
+    }
+)
+_HTTP_CLIENT_MODULES = ("requests", "urllib3", "httpx")
+
+
+def is_connection_error(exc: BaseException | None) -> bool:
+    """True when ``exc``, or what caused it, is a failure to reach a server (the store, Label
+    Studio): worth waiting out and retrying, not a fault of the item being processed."""
+    seen = 0
+    while exc is not None and seen < 10:
+        if isinstance(exc, (ConnectionError, TimeoutError)):
+            return True
+        name, module = type(exc).__name__, type(exc).__module__
+        if name in _CONNECTION_ERROR_NAMES:
+            return True
+        if module.startswith(_HTTP_CLIENT_MODULES) and "Connect" in name:
+            return True
+        exc = exc.__cause__ or exc.__context__
+        seen += 1
+    return False

@@ -129,3 +129,26 @@ def test_tiny_segformer_loads_through_public_loader(tiny_segformer_dir, labels):
     assert ids.shape == (96, 160) and ids.max() < 19
     with pytest.raises(Exception, match="config.json"):
         load_segformer(tiny_segformer_dir.parent, device="cpu")
+
+
+def test_is_connection_error_follows_the_cause_chain():
+    """One rule for "the server is unreachable" (edge shipper and cloud service): builtin
+    connection errors, the S3 and HTTP clients' by name, anywhere in the cause chain."""
+    from sedna_sam.errors import SednaSamError, is_connection_error
+
+    class EndpointConnectionError(Exception):  # botocore's name, not its class
+        pass
+
+    assert is_connection_error(ConnectionRefusedError())
+    assert is_connection_error(TimeoutError())
+    assert is_connection_error(EndpointConnectionError())
+    try:
+        try:
+            raise EndpointConnectionError("http://minio:9000")
+        except EndpointConnectionError as inner:
+            raise RuntimeError("upload failed") from inner
+    except RuntimeError as outer:
+        assert is_connection_error(outer)
+    assert not is_connection_error(ValueError("bad sample"))
+    assert not is_connection_error(SednaSamError("label 'x' not in the config"))
+    assert not is_connection_error(None)

@@ -188,8 +188,9 @@ def append_index(index_path: Path, image: Path, label: Path) -> bool:
 
 # ----------------------------------------------------------------------------- Label Studio
 
+# The webhook the service registers and the one its /webhook accepts (cloud/server.py).
 WEBHOOK_ACTIONS = ["ANNOTATION_CREATED", "ANNOTATION_UPDATED"]
-WEBHOOK_SECRET_HEADER = "X-Sedna-Sam-Secret"  # the header /webhook checks (server.SECRET_HEADER)
+WEBHOOK_SECRET_HEADER = "X-Sedna-Sam-Secret"
 
 
 class LabelStudioProject:

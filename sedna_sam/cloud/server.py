@@ -26,14 +26,15 @@ from http import HTTPStatus
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+from sedna_sam.cloud.adapters import WEBHOOK_ACTIONS, WEBHOOK_SECRET_HEADER
 from sedna_sam.cloud.metrics import CONTENT_TYPE
 from sedna_sam.cloud.service import AnnotationService
 from sedna_sam.httpserver import BoundedHTTPServer, HttpError, JsonHandler
 
 log = logging.getLogger(__name__)
 
-SECRET_HEADER = "X-Sedna-Sam-Secret"
-ANNOTATION_ACTIONS = frozenset({"ANNOTATION_CREATED", "ANNOTATION_UPDATED"})
+SECRET_HEADER = WEBHOOK_SECRET_HEADER  # what the service registers with its webhooks
+ANNOTATION_ACTIONS = frozenset(WEBHOOK_ACTIONS)
 MAX_BODY = 8 * 1024 * 1024  # a webhook payload with a big annotation is well below this
 MAX_ID = 2**63 - 1  # Label Studio's ids are 64-bit integers (and so are the queue's)
 HTTP_WORKERS, HTTP_QUEUE = 16, 512  # 100 simultaneous deliveries are all answered (tested)

@@ -46,7 +46,7 @@ from typing import Any
 
 from sedna_sam.cloud import queue as q
 from sedna_sam.cloud.metrics import Metrics
-from sedna_sam.errors import InputError, SednaSamError
+from sedna_sam.errors import InputError, SednaSamError, is_connection_error
 from sedna_sam.labels import LabelSet
 from sedna_sam.storage import DatasetLayout, atomic_write_bytes, url_filesystem
 
@@ -219,23 +219,6 @@ def fetch_sample(fs, json_path: str, raw_data: Path, root: str | None = None) ->
     check_pixels(*header_size(data, image_path), image_path)  # before it reaches raw_data/ and SAM
     atomic_write_bytes(dest, data)
     return dest, meta
-
-
-def is_connection_error(exc: BaseException) -> bool:
-    """True when ``exc`` (or what caused it) is a network failure reaching Label Studio or
-    the store: worth waiting out, not a fault of the sample."""
-    seen = 0
-    while exc is not None and seen < 8:
-        if isinstance(exc, (ConnectionError, TimeoutError)):
-            return True
-        name, module = type(exc).__name__, type(exc).__module__
-        if name == "ServerUnreachable":  # Label Studio client: no answer after its retries
-            return True
-        if module.startswith(("requests", "urllib3", "httpx")) and "Connect" in name:
-            return True
-        exc = exc.__cause__ or exc.__context__
-        seen += 1
-    return False
 
 
 # ----------------------------------------------------------------------------- the service

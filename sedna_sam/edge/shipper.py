@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from sedna_sam.edge.buffer import BufferedSample, SampleBuffer
+from sedna_sam.errors import is_connection_error
 from sedna_sam.storage import atomic_write_bytes, url_filesystem
 
 log = logging.getLogger(__name__)
@@ -265,7 +266,7 @@ class Shipper:
         except (OSError, ConnectionError, TimeoutError) as exc:  # PermissionError, ENOSPC, ... included
             raise StoreUnreachable(f"{self.store_url}: {type(exc).__name__}: {exc}") from exc
         except Exception as exc:  # botocore/aiohttp errors are not OSErrors
-            if _looks_like_connection_error(exc):
+            if is_connection_error(exc):
                 raise StoreUnreachable(f"{self.store_url}: {type(exc).__name__}: {exc}") from exc
             raise
         self._ledger_add(sample)
@@ -438,30 +439,6 @@ def _fail_fast_s3(fs):
     fast = fsspec.filesystem("s3", skip_instance_cache=True, **options)
     fast.retries = 2
     return fast
-
-
-def _looks_like_connection_error(exc: BaseException) -> bool:
-    names = {type(e).__name__ for e in _chain(exc)}
-    return bool(
-        names
-        & {
-            "EndpointConnectionError",
-            "ConnectTimeoutError",
-            "ReadTimeoutError",
-            "ConnectionClosedError",
-            "ClientConnectorError",
-            "ServerDisconnectedError",
-            "ClientOSError",
-        }
-    )
-
-
-def _chain(exc: BaseException | None):
-    seen = 0
-    while exc is not None and seen < 10:
-        yield exc
-        exc = exc.__cause__ or exc.__context__
-        seen += 1
 
 
 def ship_once(buffer_dir: str | Path, store_url: str, node: str) -> ShipStats:
