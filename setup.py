@@ -49,10 +49,16 @@ setup(
     version="0.1.0",
     description="SAM pre-annotation, Label Studio correction and Sedna lifelong learning "
     "for semantic segmentation on KubeEdge",
-    long_description=(here / "README.md").read_text(encoding="utf-8") if (here / "README.md").exists() else "",
+    long_description=(here / "README.md").read_text(encoding="utf-8")
+    if (here / "README.md").exists()
+    else "",
     long_description_content_type="text/markdown",
     python_requires=">=3.9",
-    packages=find_packages(include=["sedna_sam", "sedna_sam.*"]),
+    # config/ (label sets, the labeling template) ships inside the package as sedna_sam.config,
+    # read with importlib.resources: a wheel install finds them like a checkout does.
+    packages=[*find_packages(include=["sedna_sam", "sedna_sam.*"]), "sedna_sam.config"],
+    package_dir={"sedna_sam.config": "config"},
+    package_data={"sedna_sam.config": ["*.json", "*.xml"]},
     install_requires=core,
     extras_require=extras,
     entry_points={"console_scripts": ["sedna-sam=sedna_sam.cli:main"]},

@@ -21,6 +21,15 @@ for heavy in torch transformers httpx label_studio_sdk; do
   fi
 done
 "$py" - <<'PY'
+# The label sets and the labeling template come with the wheel (package data), as in a checkout.
+from sedna_sam.labels import cityscapes, config_file, labeling_config_xml, load_labels
+
+assert load_labels("cityscapes").source == "sedna_sam.config/cityscapes_id2label.json"
+assert len(load_labels("ade20k")) == 150
+assert config_file("labeling_interface_template.xml").read_text() == labeling_config_xml(cityscapes())
+print("[core] label sets and the labeling template load from the installed package data")
+PY
+"$py" - <<'PY'
 # One synthetic street scene and its SSA file, written with the installed package.
 from pathlib import Path
 

@@ -21,7 +21,17 @@ from sedna_sam.errors import InputError
 
 IGNORE_ID = 255
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "config"
+
+def config_file(name: str):
+    """A file shipped in ``config/`` (installed as the package data ``sedna_sam.config``),
+    as an :mod:`importlib.resources` Traversable (``read_text``, ``is_file``)."""
+    from importlib.resources import files
+
+    try:
+        return files("sedna_sam.config") / name
+    except ModuleNotFoundError:  # the source tree on sys.path without an install
+        return Path(__file__).resolve().parent.parent / "config" / name
+
 
 # The 19 Cityscapes train ids and the colours of the official palette.
 CITYSCAPES_CLASSES: list[tuple[str, tuple[int, int, int]]] = [
@@ -162,13 +172,11 @@ def load_labels(spec: str | Path | None) -> LabelSet:
     if spec is None:
         spec = "cityscapes"
     if str(spec) in DATASET_CONFIGS:
-        path = CONFIG_DIR / DATASET_CONFIGS[str(spec)]
-        if not path.exists():  # installed without the config dir: fall back to built-ins
-            if str(spec) == "ade20k":
-                return LabelSet.from_names(ADE20K_CLASSES)
-            return cityscapes()
-    else:
-        path = Path(spec)
+        shipped = config_file(DATASET_CONFIGS[str(spec)])
+        return labels_from_dict(
+            json.loads(shipped.read_text(encoding="utf-8")), f"sedna_sam.config/{shipped.name}"
+        )
+    path = Path(spec)
     if not path.is_file():
         raise InputError(
             f"labels config {str(path)!r} not found; pass a JSON file or one of {sorted(DATASET_CONFIGS)}"

@@ -15,7 +15,7 @@ from sedna_sam.cli import main
 from sedna_sam.formats.ssa import write_ssa
 from sedna_sam.formats.trainids import read_trainids
 from sedna_sam.geometry import mean_iou, pixel_accuracy
-from sedna_sam.labels import CONFIG_DIR, labeling_config_xml, load_labels
+from sedna_sam.labels import config_file, labeling_config_xml, load_labels
 from sedna_sam.storage import DatasetLayout, atomic_write_bytes
 from sedna_sam.synthetic import make_street_scene, render_scene
 
@@ -294,7 +294,7 @@ def test_labeling_config_matches_shipped_template(tmp_path, capsys):
     assert main(["labeling-config", "--config_path", "cityscapes"]) == 0
     xml = capsys.readouterr().out
     assert xml.count("<Label ") == 19 and 'value="traffic light"' in xml
-    assert xml == (CONFIG_DIR / "labeling_interface_template.xml").read_text()
+    assert xml == config_file("labeling_interface_template.xml").read_text()
     labels_file = tmp_path / "labels.json"
     labels_file.write_text(json.dumps({"0": "a & b", "1": 'say "hi"'}))
     assert main(["labeling-config", "--config-path", str(labels_file), "-o", str(tmp_path / "c.xml")]) == 0

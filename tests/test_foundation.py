@@ -26,6 +26,11 @@ def test_shipped_configs_match_builtins():
     assert len(ade) == 150 and ade.id2label[0] == "wall" and ade.id2label[149] == "flag"
     shipped = Path(__file__).parent.parent / "config" / "labeling_interface_template.xml"
     assert shipped.read_text() == labeling_config_xml(cs)
+    # read as package data (importlib.resources), the same files as the checkout's config/
+    from sedna_sam.labels import config_file
+
+    assert config_file("labeling_interface_template.xml").read_text() == shipped.read_text()
+    assert cs.source == "sedna_sam.config/cityscapes_id2label.json"
 
 
 def test_labels_accept_hf_config_and_reject_bad(tmp_path):
