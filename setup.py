@@ -16,7 +16,7 @@ core = [
 ]
 extras = {
     "sam": ["torch>=2.1", "torchvision>=0.16", "segment-anything>=1.0", "transformers>=4.40"],
-    "ls": ["label-studio-sdk>=2.0,<3", "requests>=2.31", "httpx>=0.24"],
+    "ls": ["requests>=2.31", "httpx>=0.24"],
     "edge": ["torch>=2.1", "transformers>=4.40", "s3fs>=2023.6", "prometheus-client>=0.17"],
     "cloud": [
         "torch>=2.1",
@@ -40,6 +40,7 @@ extras = {
         "prometheus-client>=0.17",  # tests parse /metrics with its text parser (tests/test_cloud_*.py)
         "hypothesis>=6.100",  # property-based tests over hostile Label Studio exports
         "psycopg[binary]>=3.1",  # the queue tests run against a real PostgreSQL too
+        "label-studio-sdk>=2.0,<3",  # tests check our exports with Label Studio's own converter
     ],
 }
 extras["all"] = sorted({req for name, reqs in extras.items() if name != "dev" for req in reqs})

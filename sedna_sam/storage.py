@@ -102,9 +102,6 @@ class DatasetLayout:
     def ssa_json(self, stem: str) -> Path:
         return self.ssa_output / f"{stem}_semantic.json"
 
-    def ssa_png(self, stem: str) -> Path:
-        return self.ssa_output / f"{stem}_semantic.png"
-
     def ls_task(self, stem: str) -> Path:
         return self.ls_data / f"{stem}_semantic_poly_ls.json"
 

@@ -54,13 +54,6 @@ class ServerUnreachable(LabelStudioError):
     """No answer (connection refused/reset, timeout, 5xx) after all retries."""
 
 
-def sdk(url: str, token: str):
-    """label-studio-sdk's client on the same server (for callers who want the SDK)."""
-    from label_studio_sdk import LabelStudio
-
-    return LabelStudio(base_url=url, api_key=token)
-
-
 def resolve_credentials(url: str | None, token: str | None) -> tuple[str, str]:
     """URL and token from the arguments, else $LABEL_STUDIO_URL / $LABEL_STUDIO_API_KEY."""
     url = url or os.environ.get(URL_ENV)
