@@ -227,16 +227,26 @@ def pixel_accuracy(pred: np.ndarray, truth: np.ndarray, ignore_id: int = 255) ->
     return float((pred[valid] == truth[valid]).mean()) if valid.any() else 1.0
 
 
+def iou_per_class(cm: np.ndarray) -> np.ndarray:
+    """(C,) float IoU from a (C, C) confusion matrix (rows = truth); NaN where the class is
+    in neither map. The one IoU definition: evaluation and the converters' checks use it."""
+    tp = np.diag(cm).astype(np.float64)
+    union = cm.sum(0) + cm.sum(1) - np.diag(cm)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(union > 0, tp / np.maximum(union, 1), np.nan)
+
+
+def mean_of_ious(iou: np.ndarray) -> float:
+    """Mean of the IoUs that exist; NaN when no class has any pixel (nothing to score)."""
+    return float(np.nanmean(iou)) if np.isfinite(iou).any() else float("nan")
+
+
 def mean_iou(pred: np.ndarray, truth: np.ndarray, ignore_id: int = 255) -> float:
-    """Mean IoU over the classes present in ``truth`` or ``pred`` (ignore excluded)."""
+    """Mean IoU of two label maps over the classes present in ``truth`` or ``pred``
+    (pixels where ``truth`` is ``ignore_id`` excluded); NaN when no pixel is left."""
     valid = truth != ignore_id
     p, t = pred[valid].astype(np.int64), truth[valid].astype(np.int64)
-    ious = []
-    for c in np.union1d(np.unique(p), np.unique(t)):
-        if c == ignore_id:
-            continue
-        inter = np.count_nonzero((p == c) & (t == c))
-        union = np.count_nonzero((p == c) | (t == c))
-        if union:
-            ious.append(inter / union)
-    return float(np.mean(ious)) if ious else 1.0
+    ids, codes = np.unique(np.concatenate([t, p]), return_inverse=True)
+    n = len(ids)
+    cm = np.bincount(codes[: t.size] * n + codes[t.size :], minlength=n * n).reshape(n, n)
+    return mean_of_ious(iou_per_class(cm)[ids != ignore_id])  # "ignore" predicted is no class

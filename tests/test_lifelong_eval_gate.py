@@ -88,3 +88,19 @@ def test_gate_reports_gain_and_backward_transfer(tmp_path):
     path = write_decision(tmp_path / "gate.json", d, candidate="m2")
     js = json.loads(path.read_text())
     assert js["decision"] == "accept" and js["candidate"] == "m2" and js["policy"]["max_old_drop"] == 0.05
+
+
+def test_one_iou_definition_for_label_maps_and_confusion_matrices():
+    """geometry.mean_iou (the converters' check) and evaluation's confusion-matrix mIoU are
+    the same number on the same maps, and both say NaN when there is nothing to score."""
+    from sedna_sam.geometry import mean_iou as maps_miou
+
+    rng = np.random.default_rng(0)
+    truth = rng.integers(0, 5, (40, 60))
+    truth[:5] = 255
+    pred = np.where(rng.random((40, 60)) < 0.8, truth % 255, rng.integers(0, 5, (40, 60)))
+    pred[truth == 255] = 3
+    assert maps_miou(pred, truth) == pytest.approx(mean_iou(confusion_matrix(pred, truth, 5)))
+    assert maps_miou(truth, truth) == 1.0
+    empty = np.full((4, 4), 255)
+    assert np.isnan(maps_miou(empty, empty)) and np.isnan(mean_iou(np.zeros((5, 5), np.int64)))

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from sedna_sam.errors import BatchReport, InputError
+from sedna_sam.geometry import iou_per_class, mean_of_ious
 from sedna_sam.labels import IGNORE_ID
 from sedna_sam.lifelong.data import Sample, load_sample
 
@@ -42,18 +43,10 @@ def confusion_matrix(pred: np.ndarray, target: np.ndarray, num_classes: int) -> 
     return cm.reshape(num_classes, num_classes).astype(np.int64)
 
 
-def iou_per_class(cm: np.ndarray) -> np.ndarray:
-    """(C,) float IoU from a confusion matrix; NaN where the class is in neither map."""
-    tp = np.diag(cm).astype(np.float64)
-    union = cm.sum(0) + cm.sum(1) - np.diag(cm)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(union > 0, tp / np.maximum(union, 1), np.nan)
-
-
 def mean_iou(cm: np.ndarray) -> float:
-    """Mean of the per-class IoUs that exist (NaN when no class has any pixel)."""
-    iou = iou_per_class(cm)
-    return float(np.nanmean(iou)) if np.isfinite(iou).any() else float("nan")
+    """Mean of the per-class IoUs of a confusion matrix that exist (NaN when no class has
+    any pixel); :func:`sedna_sam.geometry.iou_per_class` is the definition."""
+    return mean_of_ious(iou_per_class(cm))
 
 
 @dataclass
