@@ -283,3 +283,20 @@ def test_trainids_png_is_16_bit_and_preview_uses_palette(tmp_path, city):
     assert np.array_equal(read_trainids(tmp_path / "x_TrainIds.png"), train_ids)
     rgb = colorize(train_ids, city)
     assert tuple(rgb[0, 0]) == (128, 64, 128) and tuple(rgb[1, 0]) == (0, 0, 0)
+
+
+def test_latest_annotation_is_one_rule_for_exports_and_the_cloud_service():
+    """Cancelled and skipped annotations never count, wherever the task came from (an
+    export, `ls pull`, the cloud service's polling)."""
+    from sedna_sam.formats.labelstudio import latest_annotation
+
+    annotations = [
+        {"id": 1, "updated_at": "2026-01-01T10:00:00Z", "result": []},
+        {"id": 2, "updated_at": "2026-01-03T10:00:00Z", "was_cancelled": True},
+        {"id": 3, "updated_at": "2026-01-04T10:00:00Z", "skipped": True},
+        {"id": 4, "created_at": "2026-01-02T10:00:00Z", "result": []},  # no updated_at
+        "not an annotation",
+    ]
+    assert latest_annotation(annotations)["id"] == 4
+    assert latest_annotation(annotations[1:3]) is None
+    assert latest_annotation(None) is None and latest_annotation({"id": 1}) is None

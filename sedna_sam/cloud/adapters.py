@@ -322,15 +322,17 @@ def write_trainids_from_task(
 
 
 def latest_annotations(ls: LabelStudioProject, task_ids: list[int]) -> dict[int, tuple[int, str | None]]:
-    """{task id: (annotation id, updated_at)} of the newest non-cancelled annotation of
-    each of ``task_ids`` that has one (one paged listing of the project)."""
+    """{task id: (annotation id, updated_at)} of the newest submitted annotation of each
+    of ``task_ids`` that has one (one paged listing of the project; cancelled and skipped
+    ones do not count, as in exports: formats.labelstudio.latest_annotation)."""
+    from sedna_sam.formats.labelstudio import latest_annotation
+
     wanted = set(task_ids)
     found: dict[int, tuple[int, str | None]] = {}
     for task in ls.iter_tasks():
         if task.get("id") not in wanted:
             continue
-        done = [a for a in task.get("annotations") or [] if not a.get("was_cancelled")]
-        if done:
-            newest = max(done, key=lambda a: (str(a.get("updated_at") or ""), int(a.get("id") or 0)))
+        newest = latest_annotation(task.get("annotations"))
+        if newest is not None:
             found[int(task["id"])] = (int(newest["id"]), newest.get("updated_at"))
     return found

@@ -332,6 +332,20 @@ def _sort_key(ann: dict[str, Any]) -> tuple[str, int]:
     return (str(ann.get("updated_at") or ann.get("created_at") or ""), int(ann.get("id") or 0))
 
 
+def is_submitted(annotation: Any) -> bool:
+    """An annotation a person submitted: cancelled and skipped ones do not count."""
+    return (
+        isinstance(annotation, dict) and not annotation.get("was_cancelled") and not annotation.get("skipped")
+    )
+
+
+def latest_annotation(annotations: Any) -> dict[str, Any] | None:
+    """The newest submitted annotation of a task (by ``updated_at``, else ``created_at``,
+    then id), or None: the one rule for exports, ``ls pull`` and the cloud service."""
+    submitted = [a for a in annotations or [] if is_submitted(a)] if isinstance(annotations, list) else []
+    return max(submitted, key=_sort_key) if submitted else None
+
+
 def _from_full_task(task: dict[str, Any], source: str, image_key: str) -> ExportedTask:
     task_id = _optional_int(task.get("id"), "'id'")
     data = task.get("data")
@@ -341,17 +355,14 @@ def _from_full_task(task: dict[str, Any], source: str, image_key: str) -> Export
     raw = task.get("annotations") or task.get("completions") or []
     if not isinstance(raw, list):
         raise InputError(f"'annotations' is {_kind(raw)}, expected a list")
-    annotations = []
     for j, a in enumerate(raw):
-        if not isinstance(a, dict) or a.get("was_cancelled") or a.get("skipped"):
-            continue
-        _optional_int(a.get("id"), f"annotation {j}: 'id'")
-        _optional_str(a.get("updated_at"), f"annotation {j}: 'updated_at'")
-        _optional_str(a.get("created_at"), f"annotation {j}: 'created_at'")
-        annotations.append(a)
-    if not annotations:
+        if is_submitted(a):  # checked before they are compared
+            _optional_int(a.get("id"), f"annotation {j}: 'id'")
+            _optional_str(a.get("updated_at"), f"annotation {j}: 'updated_at'")
+            _optional_str(a.get("created_at"), f"annotation {j}: 'created_at'")
+    latest = latest_annotation(raw)
+    if latest is None:
         return ExportedTask(task_id, image, annotated=False, source=source, export_format="json")
-    latest = max(annotations, key=_sort_key)
     result = latest.get("result")
     if result is None:
         result = []
