@@ -89,8 +89,35 @@ class Segformer:
 
     def predict_ids(self, image: np.ndarray) -> np.ndarray:
         """(H, W) int64 per-pixel class ids at the image's own size."""
-        logits = self.logits([image], out_size=image.shape[:2])
-        return logits[0].argmax(0).cpu().numpy()
+        return upsampled_argmax(self.logits([image]), image.shape[:2]).cpu().numpy()
+
+
+# Classes upsampled at once: bounds memory to H*W*CLASS_CHUNK floats (ADE20K has 150).
+CLASS_CHUNK = 32
+
+
+def upsampled_argmax(logits, out_size: tuple[int, int], chunk: int = CLASS_CHUNK):
+    """(1, C, h, w) logits -> (H, W) int64 torch class ids: the argmax of the logits
+    upsampled bilinearly to ``out_size`` (as SSA does), ``chunk`` classes at a time (ties:
+    the smaller class id, like ``argmax``). The one logits-to-ids step: pre-annotation,
+    the edge worker and :meth:`Segformer.predict_ids` use it."""
+    import torch
+    import torch.nn.functional as F
+
+    best_val = best_idx = None
+    for start in range(0, logits.shape[1], chunk):
+        up = F.interpolate(
+            logits[:, start : start + chunk].float(), size=out_size, mode="bilinear", align_corners=False
+        )[0]
+        val, idx = up.max(dim=0)
+        idx = idx + start
+        if best_val is None:
+            best_val, best_idx = val, idx
+        else:
+            better = val > best_val  # strict: an earlier (smaller) id keeps ties
+            best_val = torch.where(better, val, best_val)
+            best_idx = torch.where(better, idx, best_idx)
+    return best_idx
 
 
 def load_segformer(spec: str | Path, device: str | None = None) -> Segformer:

@@ -6,11 +6,12 @@ import numpy as np
 import pytest
 
 from sedna_sam.annotate.labelers import LABELERS, SemanticEvidence, VotingLabeler, make_labeler, top_k_names
-from sedna_sam.annotate.semantic import SEMANTIC_BACKENDS, _mmseg_missing, id_mapping, upsampled_argmax
+from sedna_sam.annotate.semantic import SEMANTIC_BACKENDS, _mmseg_missing, id_mapping
 from sedna_sam.annotate.voting import MaskSet, class_counts_and_owner, rle_indices, ssa_vote
 from sedna_sam.errors import SednaSamError
 from sedna_sam.formats.ssa import encode_rle
 from sedna_sam.labels import LabelSet
+from sedna_sam.segformer import upsampled_argmax
 
 
 def reference_ssa_vote(class_ids: np.ndarray, masks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -27,13 +27,12 @@ from sedna_sam.annotate.sam import autocast_context
 from sedna_sam.errors import SednaSamError
 from sedna_sam.labels import IGNORE_ID, LabelSet
 from sedna_sam.registry import Registry
+from sedna_sam.segformer import upsampled_argmax
 
 log = logging.getLogger(__name__)
 
 SEMANTIC_BACKENDS: Registry = Registry("semantic backend")
 
-# Classes upsampled at once: bounds memory to H*W*CLASS_CHUNK floats (ADE20K has 150).
-CLASS_CHUNK = 32
 
 
 def id_mapping(model_id2label: Mapping[int, str], labels: LabelSet, source: str = "model") -> np.ndarray:
@@ -65,28 +64,6 @@ def id_mapping(model_id2label: Mapping[int, str], labels: LabelSet, source: str 
             ", ".join(missing[:10]),
         )
     return table
-
-
-def upsampled_argmax(logits, out_size: tuple[int, int], chunk: int = CLASS_CHUNK):
-    """(1, C, h, w) logits -> (H, W) int64 torch argmax of the bilinearly upsampled logits,
-    computed ``chunk`` classes at a time (ties: the smaller class id, like ``argmax``)."""
-    import torch
-    import torch.nn.functional as F
-
-    best_val = best_idx = None
-    for start in range(0, logits.shape[1], chunk):
-        up = F.interpolate(
-            logits[:, start : start + chunk].float(), size=out_size, mode="bilinear", align_corners=False
-        )[0]
-        val, idx = up.max(dim=0)
-        idx = idx + start
-        if best_val is None:
-            best_val, best_idx = val, idx
-        else:
-            better = val > best_val  # strict: an earlier (smaller) id keeps ties
-            best_val = torch.where(better, val, best_val)
-            best_idx = torch.where(better, idx, best_idx)
-    return best_idx
 
 
 @SEMANTIC_BACKENDS.register("segformer")

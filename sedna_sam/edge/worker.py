@@ -298,8 +298,8 @@ class EdgeWorker:
 
 
 def upsampled_ids(logits, size: tuple[int, int]) -> np.ndarray:
-    """(H, W) class ids from (1, C, h, w) logits upsampled bilinearly to ``size``."""
-    import torch.nn.functional as F
+    """(H, W) class ids from (1, C, h, w) logits upsampled bilinearly to ``size``
+    (:func:`sedna_sam.segformer.upsampled_argmax`)."""
+    from sedna_sam.segformer import upsampled_argmax
 
-    up = F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
-    return up[0].argmax(0).cpu().numpy()
+    return upsampled_argmax(logits, size).cpu().numpy()
