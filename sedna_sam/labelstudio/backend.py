@@ -193,27 +193,18 @@ def polygon_results(
     """Label Studio ``polygonlabels`` regions for a (H, W) bool mask, points in percent of
     width/height, largest part first (a Label Studio polygon has no holes; each connected
     part becomes one region)."""
+    from sedna_sam.formats.labelstudio import polygon_result
     from sedna_sam.geometry import polygon_area, polygons_from_mask
 
     h, w = mask.shape
-    out = []
     polygons = polygons_from_mask(mask, tolerance_px=tolerance_px, min_area_px=min_area_px)
-    for poly in sorted(polygons, key=polygon_area, reverse=True):
-        pts = np.asarray(poly, dtype=np.float64)
-        pts = np.stack([pts[:, 0] * 100.0 / w, pts[:, 1] * 100.0 / h], axis=1)
-        out.append(
-            {
-                "id": uuid.uuid4().hex[:10],
-                "from_name": controls.polygon_from,
-                "to_name": controls.image_to,
-                "type": "polygonlabels",
-                "original_width": w,
-                "original_height": h,
-                "image_rotation": 0,
-                "value": {"points": np.clip(pts, 0.0, 100.0).round(4).tolist(), "polygonlabels": [label]},
-            }
-        )
-    return out
+    return [
+        polygon_result(
+            poly, label, w, h, region_id=uuid.uuid4().hex[:10],  # unique across clicks on one task
+            from_name=controls.polygon_from, to_name=controls.image_to,
+        )  # fmt: skip
+        for poly in sorted(polygons, key=polygon_area, reverse=True)
+    ]
 
 
 # --- SAM with an embedding cache ------------------------------------------------------
