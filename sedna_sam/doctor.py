@@ -22,6 +22,7 @@ from typing import Callable
 
 from sedna_sam.registry import Registry
 from sedna_sam.sedna_compat import get_param, missing_env, role_env, split_urls, under_sedna
+from sedna_sam.storage import is_local_url, local_path
 
 OK, WARN, FAIL = "OK", "WARN", "FAIL"
 SEDNA_LIB_INSTALL = (
@@ -70,14 +71,6 @@ ROLE_CHECKS: dict[str, list[str]] = {
     "train": ["sedna-env", "sedna-lib", "dirs", "store", "gpu"],
     "eval": ["sedna-env", "sedna-lib", "dirs", "models", "gpu"],
 }
-
-
-def is_local(url: str) -> bool:
-    return "://" not in url or url.startswith("file://")
-
-
-def local_path(url: str) -> str:
-    return url[len("file://") :] if url.startswith("file://") else url
 
 
 @CHECKS.register("sedna-env")
@@ -147,7 +140,7 @@ def check_dirs(ctx: DoctorContext) -> list[CheckResult]:
     results = []
     for name in WRITABLE_DIR_ENV.get(ctx.role, ()):
         value = get_param(name, env=ctx.env)
-        if not value or not is_local(value):
+        if not value or not is_local_url(value):
             continue  # unset, or a store URL: the store check covers remote writes
         results.append(probe_local_dir(f"dir {name}", local_path(value), name))
     return results
@@ -220,7 +213,7 @@ def verify_official(path: str, verify_hash: bool) -> CheckResult | None:
     from sedna_sam.models import CHECKPOINTS, verify_checkpoint
 
     ckpt = next((c for c in CHECKPOINTS.values() if c.filename == os.path.basename(path)), None)
-    if ckpt is None or not is_local(path):
+    if ckpt is None or not is_local_url(path):
         return None
     label = f"model {ckpt.filename}"
     try:
@@ -345,7 +338,7 @@ def check_store(ctx: DoctorContext) -> list[CheckResult]:
     try:
         fs, root = url_filesystem(url)
         probe = f"{root.rstrip('/')}/{probe_name}"
-        if is_local(url):
+        if is_local_url(url):
             os.makedirs(os.path.dirname(probe), exist_ok=True)
         fs.pipe_file(probe, b"ok")
         read_back = fs.cat_file(probe)
@@ -353,7 +346,7 @@ def check_store(ctx: DoctorContext) -> list[CheckResult]:
     except Exception as exc:  # fsspec backends raise their own types (botocore, PermissionError)
         fix = (
             "check S3_ENDPOINT_URL, ACCESS_KEY_ID/SECRET_ACCESS_KEY and the bucket"
-            if not is_local(url)
+            if not is_local_url(url)
             else ("mount a writable volume there")
         )
         return [CheckResult("store", FAIL, f"{url} not writable: {type(exc).__name__}: {exc}", fix)]

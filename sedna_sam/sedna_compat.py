@@ -246,7 +246,9 @@ def container_path(url: str, env: Mapping[str, str] | None = None) -> Path:
     every URL over as DATA_PATH_PREFIX (/home/data) + host path, except CLOUD_KB_INDEX,
     which stays a host path: a path that is not there (nor its directory) is looked up
     under the prefix."""
-    path = Path(url[len("file://") :] if url.startswith("file://") else url)
+    from sedna_sam.storage import local_path
+
+    path = Path(local_path(url))
     if path.exists() or path.parent.is_dir() or not path.is_absolute():
         return path
     prefix = (get_param("DATA_PATH_PREFIX", "/home/data", env=env) or "").rstrip("/")

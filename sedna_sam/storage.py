@@ -125,6 +125,22 @@ class DatasetLayout:
         return None
 
 
+def is_local_url(url: str) -> bool:
+    """A plain path or a ``file://`` URL (not an object store or HTTP)."""
+    return "://" not in url or url.startswith("file://")
+
+
+def local_path(url: str) -> str:
+    """The path of a plain path or ``file://`` URL."""
+    return url[len("file://") :] if url.startswith("file://") else url
+
+
+def is_local_filesystem(fs) -> bool:
+    """An fsspec filesystem on this machine's disk (where symlinks and renames are ours)."""
+    protocols = fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)
+    return "file" in protocols or "local" in protocols
+
+
 def url_filesystem(url: str):
     """(fsspec filesystem, path) for a URL or a local path.
 
@@ -133,9 +149,8 @@ def url_filesystem(url: str):
     """
     import fsspec
 
-    if "://" not in url or url.startswith("file://"):
-        path = url[len("file://") :] if url.startswith("file://") else url
-        return fsspec.filesystem("file"), os.path.abspath(path)
+    if is_local_url(url):
+        return fsspec.filesystem("file"), os.path.abspath(local_path(url))
     protocol, _, rest = url.partition("://")
     options: dict[str, Any] = {}
     if protocol in ("s3", "s3a"):

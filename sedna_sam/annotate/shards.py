@@ -127,7 +127,9 @@ class Location:
 
     @property
     def is_local(self) -> bool:
-        return "file" in _protocols(self.fs)
+        from sedna_sam.storage import is_local_filesystem
+
+        return is_local_filesystem(self.fs)
 
     def path(self, *parts: str) -> str:
         return "/".join([self.root, *parts])
@@ -158,11 +160,6 @@ class Location:
             atomic_write_bytes(self.path(*parts), data)
         else:
             self.fs.pipe_file(self.path(*parts), data)
-
-
-def _protocols(fs) -> tuple[str, ...]:
-    proto = fs.protocol
-    return (proto,) if isinstance(proto, str) else tuple(proto)
 
 
 def image_names(location: Location) -> list[str]:

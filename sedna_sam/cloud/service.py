@@ -48,7 +48,7 @@ from sedna_sam.cloud import queue as q
 from sedna_sam.cloud.metrics import Metrics
 from sedna_sam.errors import InputError, SednaSamError, is_connection_error
 from sedna_sam.labels import LabelSet
-from sedna_sam.storage import DatasetLayout, atomic_write_bytes, url_filesystem
+from sedna_sam.storage import DatasetLayout, atomic_write_bytes, is_local_filesystem, url_filesystem
 
 log = logging.getLogger(__name__)
 
@@ -123,16 +123,11 @@ MAX_IMAGE_BYTES = 256 << 20  # a frame (the pixel cap, checked on the header, is
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
-def _is_local(fs) -> bool:
-    protocols = fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)
-    return "file" in protocols or "local" in protocols
-
-
 def read_store_file(fs, path: str, root: str | None, limit: int) -> bytes:
     """Bytes of one file of the store, at most ``limit``. On a local store the file must be
     a regular file, not a symlink, and (with ``root``) lie under the store root after
     resolving every symlink of its directories; :class:`InputError` naming it otherwise."""
-    if not _is_local(fs):
+    if not is_local_filesystem(fs):
         try:
             size = fs.size(path)
         except FileNotFoundError:

@@ -40,13 +40,12 @@ from sedna_sam.lifelong.workers import (
     evaluate_models,
     gate_from_metrics,
     is_remote,
-    local_path,
     make_estimator,
     upload_outputs,
     write_metrics,
 )
 from sedna_sam.sedna_job import runtime
-from sedna_sam.storage import atomic_write_bytes, atomic_write_json
+from sedna_sam.storage import atomic_write_bytes, atomic_write_json, local_path
 
 log = logging.getLogger(__name__)
 

@@ -26,7 +26,7 @@ from sedna_sam.lifelong.evaluate import Metrics, evaluate_segformer
 from sedna_sam.lifelong.gate import GateDecision, GatePolicy, decide, write_decision
 from sedna_sam.lifelong.report import report_for_evaluation
 from sedna_sam.lifelong.train import MODEL_DIR_NAME, REPLAY_INDEX_NAME, TrainConfig
-from sedna_sam.storage import atomic_write_json
+from sedna_sam.storage import atomic_write_json, is_local_url, local_path
 
 log = logging.getLogger(__name__)
 
@@ -98,11 +98,8 @@ class TrainPlan:
 
 
 def is_remote(url: str) -> bool:
-    return "://" in url and not url.startswith("file://")
-
-
-def local_path(url: str) -> str:
-    return url[len("file://") :] if url.startswith("file://") else url
+    """Not a plain path or ``file://`` URL (an S3 or HTTP output)."""
+    return not is_local_url(url)
 
 
 def _previous_round(
