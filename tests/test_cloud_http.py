@@ -12,6 +12,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from sedna_sam.cloud import queue as q
+from sedna_sam.cloud.metrics import STAGE_BUCKETS
 from sedna_sam.cloud.server import SECRET_HEADER, serve
 from sedna_sam.cloud.service import AnnotationService, ServiceConfig
 
@@ -126,33 +127,62 @@ def test_webhook_with_secret_marks_labelled_once(running):
     assert (s.annotation_id, s.annotation_at) == (5, "t1")
 
 
+def scrape(url):
+    status, headers, text = request(url + "/metrics")
+    assert status == 200 and headers["Content-Type"].startswith("text/plain; version=0.0.4")
+    return {f.name: f for f in text_string_to_metric_families(text)}
+
+
+def stage_counts(families) -> dict:
+    """{(metric, stage, le or ""): value} of the per-stage counters and histogram buckets."""
+    out = {}
+    for name in ("sedna_sam_samples_processed", "sedna_sam_samples_failed", "sedna_sam_stage_seconds"):
+        for s in families[name].samples:
+            if name != "sedna_sam_stage_seconds" or s.name.endswith("_bucket"):
+                out[(name, s.labels["stage"], s.labels.get("le", ""))] = s.value
+    return out
+
+
+def settled(url, timeout_s: float = 10.0):
+    """Scrape until two scrapes 0.3 s apart agree: the service's own loop, which may have
+    touched the sample while the test moved it through its states, is done with it."""
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    last = stage_counts(scrape(url))
+    while time.monotonic() < deadline:
+        time.sleep(0.3)
+        now = stage_counts(scrape(url))
+        if now == last:
+            return now
+        last = now
+    raise AssertionError("the service's counters kept changing")
+
+
 def test_metrics_parse_as_prometheus_text(running):
     service, url = running
     waiting_sample(service)
     request(url + "/webhook", hook(11, 5, "t1"), {})  # refused: counted
+    before = settled(url)
     service.metrics.observe("pre_annotate", 1.7, ok=True)
     service.metrics.observe("push", 0.02, ok=True)
-    status, headers, text = request(url + "/metrics")
-    assert status == 200 and headers["Content-Type"].startswith("text/plain; version=0.0.4")
-    families = {f.name: f for f in text_string_to_metric_families(text)}
+    families = scrape(url)
     depth = {s.labels["state"]: s.value for s in families["sedna_sam_queue_samples"].samples}
     assert set(depth) == set(q.ALL_STATES)
     assert depth[q.IN_LABEL_STUDIO] + depth[q.LABELLED] == 1
     assert families["sedna_sam_stage_seconds"].type == "histogram"
-    buckets = {
-        (s.labels["stage"], s.labels["le"]): s.value
-        for s in families["sedna_sam_stage_seconds"].samples
-        if s.name.endswith("_bucket")
+    after = stage_counts(families)
+    delta = {k: v - before.get(k, 0) for k, v in after.items() if v != before.get(k, 0)}
+    # exactly our two observations: 1.7 s in the buckets from 2.5 up, 0.02 s from 0.025 up
+    hist = "sedna_sam_stage_seconds"
+    assert delta.pop(("sedna_sam_samples_processed", "pre_annotate", "")) == 1
+    assert delta.pop(("sedna_sam_samples_processed", "push", "")) == 1
+    every = {str(b) for b in STAGE_BUCKETS} | {"+Inf"}
+    assert {k[2] for k in delta if k[:2] == (hist, "pre_annotate")} == {
+        le for le in every if float(le) >= 2.5
     }
-    # exactly one observation between 1 and 2.5 s: ours (the service's own loop may also have
-    # tried the sample while it was briefly in `received`, which takes well under a second)
-    assert buckets[("pre_annotate", "2.5")] - buckets[("pre_annotate", "1.0")] == 1
-    processed = {s.labels["stage"]: s.value for s in families["sedna_sam_samples_processed"].samples}
-    failed = {s.labels["stage"]: s.value for s in families["sedna_sam_samples_failed"].samples}
-    assert processed["pre_annotate"] == 1 and processed["push"] == 1
-    # ours is the one successful push; the loop's failed tries (no Label Studio here, while
-    # the sample was briefly in `pre_annotated`) are quick and counted as failures
-    assert buckets[("push", "0.05")] == buckets[("push", "+Inf")] == 1 + failed.get("push", 0)
+    assert {k[2] for k in delta if k[:2] == (hist, "push")} == every
+    assert set(delta.values()) == {1} and all(k[0] == hist for k in delta)
     refused = {s.labels["outcome"]: s.value for s in families["sedna_sam_webhook_requests"].samples}
     assert refused["refused"] == 1
 
