@@ -105,13 +105,13 @@ def test_relative_paths_resolve_against_the_original_dataset_dir(tmp_path):
 
 
 def test_split_is_stable_as_the_index_grows(tmp_path):
-    samples = [data.Sample(tmp_path / "raw" / f"{i}.png", None) for i in range(400)]
+    samples = [data.LabelledSample(tmp_path / "raw" / f"{i}.png", None) for i in range(400)]
     train, valid = data.split_samples(samples[:200], 0.8)
     train2, valid2 = data.split_samples(samples, 0.8)
     assert set(train) <= set(train2) and set(valid) <= set(valid2)
     assert 0.7 < len(train2) / 400 < 0.9
     # the mount prefix does not move samples across the split
-    moved = [data.Sample(Path("/home/data/x/raw") / s.image.name, None) for s in samples[:200]]
+    moved = [data.LabelledSample(Path("/home/data/x/raw") / s.image.name, None) for s in samples[:200]]
     assert [s.image.name for s in data.split_samples(moved, 0.8)[0]] == [s.image.name for s in train]
 
 
@@ -119,13 +119,13 @@ def test_load_sample_checks_sizes_and_unknown_ids(tmp_path, caplog):
     img, lab = tmp_path / "a.png", tmp_path / "a_l.png"
     write_png(img, np.zeros((4, 6, 3), np.uint8))
     write_png(lab, np.array([[0, 1, 18, 19, 255, 300]] * 4, np.uint16))
-    image, label = data.load_sample(data.Sample(img, lab), num_classes=19)
+    image, label = data.load_sample(data.LabelledSample(img, lab), num_classes=19)
     assert image.shape == (4, 6, 3)
     assert label[0].tolist() == [0, 1, 18, 255, 255, 255]
     assert "treated as ignore" in caplog.text
     write_png(lab, np.zeros((5, 6), np.uint16))
     with pytest.raises(InputError, match="a_l.png: label size 6x5 differs from image .*a.png size 6x4"):
-        data.load_sample(data.Sample(img, lab))
+        data.load_sample(data.LabelledSample(img, lab))
 
 
 def test_concurrent_appenders_never_duplicate(tmp_path):

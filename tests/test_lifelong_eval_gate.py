@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from sedna_sam.lifelong.evaluate import Metrics, confusion_matrix, iou_per_class, mean_iou
+from sedna_sam.lifelong.evaluate import EvalMetrics, confusion_matrix, iou_per_class, mean_iou
 from sedna_sam.lifelong.gate import GatePolicy, decide, write_decision
 
 
@@ -45,7 +45,7 @@ def test_classes_absent_from_both_maps_are_left_out_of_the_mean():
     assert iou[0] == pytest.approx(2 / 3) and iou[1] == pytest.approx(1 / 2)
     assert np.isnan(iou[2:]).all()
     assert mean_iou(cm) == pytest.approx((2 / 3 + 1 / 2) / 2)
-    m = Metrics(cm, [str(i) for i in range(19)], samples=1)
+    m = EvalMetrics(cm, [str(i) for i in range(19)], samples=1)
     js = m.to_json()
     assert js["per_class_iou"]["2"] is None and js["mIoU"] == pytest.approx(7 / 12, abs=1e-6)
     assert js["pixel_accuracy"] == pytest.approx(3 / 4)

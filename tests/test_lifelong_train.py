@@ -285,8 +285,8 @@ def test_bad_samples_are_left_out_by_name(two_domains, tmp_path):
     good = ds.read_index(two_domains.b_train)[:3]
     corrupt = tmp_path / "corrupt.png"
     corrupt.write_bytes(b"not a png")
-    missing_label = ds.Sample(good[0].image, tmp_path / "nope_TrainIds.png", 9)
-    new = [*good, ds.Sample(corrupt, good[0].label, 7), missing_label]
+    missing_label = ds.LabelledSample(good[0].image, tmp_path / "nope_TrainIds.png", 9)
+    new = [*good, ds.LabelledSample(corrupt, good[0].label, 7), missing_label]
     config = TrainConfig(steps=2, batch_size=2, lr=LR)
     result = train_segformer(two_domains.base_model, new, [], tmp_path / "out", config, "cpu", progress=False)
     assert result.new_samples == 3 and (result.model_dir / "config.json").is_file()

@@ -33,7 +33,7 @@ def _number(x: float) -> str:
     return repr(float(x))  # "1.0", as Prometheus client libraries spell bucket bounds
 
 
-class Metrics:
+class ServiceMetrics:
     """Thread-safe counters (processed/failed per stage, webhook outcomes) and a
     seconds-per-stage histogram."""
 

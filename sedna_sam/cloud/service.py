@@ -45,7 +45,7 @@ from pathlib import Path
 from typing import Any
 
 from sedna_sam.cloud import queue as q
-from sedna_sam.cloud.metrics import Metrics
+from sedna_sam.cloud.metrics import ServiceMetrics
 from sedna_sam.errors import InputError, SednaSamError, is_connection_error
 from sedna_sam.labels import LabelSet
 from sedna_sam.storage import DatasetLayout, atomic_write_bytes, is_local_filesystem, url_filesystem
@@ -235,7 +235,7 @@ class AnnotationService:
         released = self.queue.release_all(self.replica_id)
         if released:
             log.info("replica %s restarted: %d sample(s) it held are free again", self.replica_id, released)
-        self.metrics = Metrics()
+        self.metrics = ServiceMetrics()
         self.fault = fault
         self.wake = threading.Event()  # set by the webhook so ingestion runs at once
         self.started_at = time.time()

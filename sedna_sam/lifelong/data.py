@@ -41,7 +41,7 @@ _WHITESPACE = re.compile(r"\s")
 
 
 @dataclass(frozen=True)
-class Sample:
+class LabelledSample:
     """One index line, paths resolved: ``label`` is None for an unlabelled (test) line."""
 
     image: Path
@@ -84,7 +84,7 @@ def _line_token(path: Path, base: Path) -> str:
     return encode_path(rel.as_posix())
 
 
-def parse_index_text(text: str, base: Path | Sequence[Path], source: str = "<index>") -> list[Sample]:
+def parse_index_text(text: str, base: Path | Sequence[Path], source: str = "<index>") -> list[LabelledSample]:
     """Samples of an index's text; relative paths resolved against ``base`` (or the first
     of several bases where the file exists).
 
@@ -104,7 +104,7 @@ def parse_index_text(text: str, base: Path | Sequence[Path], source: str = "<ind
             )
         image = _resolve_token(tokens[0], bases)
         label = _resolve_token(tokens[1], bases) if len(tokens) == 2 else None
-        samples.append(Sample(image, label, no))
+        samples.append(LabelledSample(image, label, no))
     return samples
 
 
@@ -115,7 +115,7 @@ def index_base(index_path: str | Path) -> Path:
 
 def read_index(
     index_path: str | Path, missing_ok: bool = False, data_root: str | Path | None = None
-) -> list[Sample]:
+) -> list[LabelledSample]:
     """All samples of a txt index, in file order. ``missing_ok``: a missing index is empty.
 
     Relative paths resolve against ``data_root`` when given and the file is there, else
@@ -169,13 +169,13 @@ def index_lock(index_path: str | Path) -> Iterator[None]:
         os.close(fd)
 
 
-def _key(sample: Sample) -> tuple[str, str]:
+def _key(sample: LabelledSample) -> tuple[str, str]:
     return (os.path.abspath(sample.image), os.path.abspath(sample.label) if sample.label else "")
 
 
 def append_index_lines(
     index_path: str | Path, pairs: Iterable[tuple[str | Path, str | Path | None]]
-) -> list[Sample]:
+) -> list[LabelledSample]:
     """Append ``(image, label)`` pairs to a txt index, atomically and idempotently.
 
     Pairs already in the index (compared by resolved absolute paths, however they were
@@ -188,10 +188,12 @@ def append_index_lines(
     with index_lock(index_path):
         old_text = index_path.read_text(encoding="utf-8") if index_path.is_file() else ""
         present = {_key(s) for s in parse_index_text(old_text, base, source=str(index_path))}
-        added: list[Sample] = []
+        added: list[LabelledSample] = []
         new_lines: list[str] = []
         for image, label in pairs:
-            sample = Sample(Path(os.path.abspath(image)), Path(os.path.abspath(label)) if label else None)
+            sample = LabelledSample(
+                Path(os.path.abspath(image)), Path(os.path.abspath(label)) if label else None
+            )
             key = _key(sample)
             if key in present:
                 continue
@@ -215,13 +217,13 @@ def append_index_line(index_path: str | Path, image: str | Path, label: str | Pa
     return bool(append_index_lines(index_path, [(image, label)]))
 
 
-def write_index(index_path: str | Path, samples: Iterable[Sample | tuple[Path, Path | None]]) -> Path:
+def write_index(index_path: str | Path, samples: Iterable[LabelledSample | tuple[Path, Path | None]]) -> Path:
     """Write a whole index (replacing any old one) atomically, e.g. a train/test split."""
     index_path = Path(os.path.abspath(index_path))
     base = index_path.parent
     lines = []
     for s in samples:
-        image, label = (s.image, s.label) if isinstance(s, Sample) else s
+        image, label = (s.image, s.label) if isinstance(s, LabelledSample) else s
         tokens = [_line_token(Path(image), base)] + ([_line_token(Path(label), base)] if label else [])
         lines.append(" ".join(tokens))
     with index_lock(index_path):
@@ -233,8 +235,8 @@ def write_index(index_path: str | Path, samples: Iterable[Sample | tuple[Path, P
 
 
 def split_samples(
-    samples: Sequence[Sample], train_prob: float, seed: int = 0
-) -> tuple[list[Sample], list[Sample]]:
+    samples: Sequence[LabelledSample], train_prob: float, seed: int = 0
+) -> tuple[list[LabelledSample], list[LabelledSample]]:
     """Split into (train, valid) like a LifelongLearningJob's ``trainProb``.
 
     Each sample's side comes from a hash of the last two parts of its image path (and
@@ -256,7 +258,7 @@ def split_samples(
 # ----------------------------------------------------------------------------- loading
 
 
-def load_sample(sample: Sample, num_classes: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+def load_sample(sample: LabelledSample, num_classes: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(image (H, W, 3) uint8 RGB, label (H, W) int64 train ids, 255 = ignore).
 
     Ids >= ``num_classes`` (other than 255) become 255 with a warning: a label set

@@ -35,7 +35,7 @@ KNOWLEDGE_MEMBER = "knowledge_index.txt"
 REPORT_MEMBER = "train_report.json"
 
 
-def as_samples(data: Any, data_roots: Sequence[Path] = ()) -> list[ds.Sample]:
+def as_samples(data: Any, data_roots: Sequence[Path] = ()) -> list[ds.LabelledSample]:
     """Samples from what Sedna or a caller hands an estimator: Samples, (image, label)
     pairs, an index path, or a Sedna data source (``.x`` image tokens, ``.y`` label
     tokens, as its TxtDataParse reads them). Relative tokens resolve against the first of
@@ -52,7 +52,7 @@ def as_samples(data: Any, data_roots: Sequence[Path] = ()) -> list[ds.Sample]:
     else:
         lines = []
         for item in data:
-            if isinstance(item, ds.Sample):
+            if isinstance(item, ds.LabelledSample):
                 lines.append((str(item.image), str(item.label) if item.label else None))
             else:
                 lines.append((str(item[0]), str(item[1]) if item[1] else None))
@@ -60,7 +60,7 @@ def as_samples(data: Any, data_roots: Sequence[Path] = ()) -> list[ds.Sample]:
     return ds.parse_index_text(text, bases, source="<training data>")
 
 
-def knowledge_text(samples: Sequence[ds.Sample]) -> str:
+def knowledge_text(samples: Sequence[ds.LabelledSample]) -> str:
     """Absolute ``<image> <label>`` lines of the samples a model learned from."""
     out = []
     for s in samples:
@@ -82,13 +82,13 @@ class SegformerEstimator:
 
     model_url: str = DEFAULT_BASE_MODEL
     config: TrainConfig = field(default_factory=TrainConfig)
-    replay: list[ds.Sample] = field(default_factory=list)
+    replay: list[ds.LabelledSample] = field(default_factory=list)
     work_dir: Path = Path("sedna-sam-train")
     device: str | None = None
     progress: bool = True
     data_roots: list[Path] = field(default_factory=list)  # where relative sample paths resolve
-    extra_replay: list[ds.Sample] = field(default_factory=list)
-    knowledge: list[ds.Sample] = field(default_factory=list)  # what the current model learned from
+    extra_replay: list[ds.LabelledSample] = field(default_factory=list)
+    knowledge: list[ds.LabelledSample] = field(default_factory=list)  # what the current model learned from
     last_result: TrainResult | None = None
     _seg: Any = None
 

@@ -20,7 +20,7 @@ import numpy as np
 from sedna_sam.errors import BatchReport, InputError
 from sedna_sam.geometry import iou_per_class, mean_of_ious
 from sedna_sam.labels import IGNORE_ID
-from sedna_sam.lifelong.data import Sample, load_sample
+from sedna_sam.lifelong.data import LabelledSample, load_sample
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +50,7 @@ def mean_iou(cm: np.ndarray) -> float:
 
 
 @dataclass
-class Metrics:
+class EvalMetrics:
     """Evaluation of one model on one set of samples."""
 
     confusion: np.ndarray  # (C, C) int64, rows = ground truth
@@ -92,9 +92,9 @@ def _num(x: float) -> float | None:
 
 
 def evaluate_segformer(
-    seg, samples: Sequence[Sample], progress: bool = True, report: BatchReport | None = None
-) -> Metrics:
-    """Metrics of a loaded :class:`sedna_sam.segformer.Segformer` on labelled samples.
+    seg, samples: Sequence[LabelledSample], progress: bool = True, report: BatchReport | None = None
+) -> EvalMetrics:
+    """EvalMetrics of a loaded :class:`sedna_sam.segformer.Segformer` on labelled samples.
 
     Predictions are made at each image's own size (logits upsampled before the argmax,
     as at inference). An unreadable sample is reported in ``report`` and skipped.
@@ -124,15 +124,15 @@ def evaluate_segformer(
         per_image[str(s.image)] = mean_iou(one)
         if report is not None:
             report.ok()
-    return Metrics(cm, names, len(samples) - failed, failed, per_image, time.perf_counter() - t0)
+    return EvalMetrics(cm, names, len(samples) - failed, failed, per_image, time.perf_counter() - t0)
 
 
 def evaluate_model(
     model: str | Path,
-    domains: Mapping[str, Sequence[Sample]],
+    domains: Mapping[str, Sequence[LabelledSample]],
     device: str | None = None,
     progress: bool = True,
-) -> dict[str, Metrics]:
+) -> dict[str, EvalMetrics]:
     """Load a model once and evaluate it on each named domain's samples."""
     from sedna_sam.segformer import load_segformer
 

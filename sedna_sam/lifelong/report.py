@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from sedna_sam.labels import IGNORE_ID, LabelSet, labels_for_model
-from sedna_sam.lifelong.evaluate import Metrics
+from sedna_sam.lifelong.evaluate import EvalMetrics
 from sedna_sam.storage import atomic_write_bytes, atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -81,7 +81,7 @@ def _nan_to_none(x: float) -> float | None:
 
 
 def per_class_iou_png(
-    names: Sequence[str], baseline: Metrics | None, candidate: Metrics, title: str
+    names: Sequence[str], baseline: EvalMetrics | None, candidate: EvalMetrics, title: str
 ) -> bytes:
     """Grouped bars, baseline vs candidate, one group per class; a class with no pixel in
     the test set's labels is marked "absent" (its IoU only measures false positives)."""
@@ -112,12 +112,14 @@ def per_class_iou_png(
     return _png(fig)
 
 
-def absent_classes(m: Metrics) -> list[int]:
+def absent_classes(m: EvalMetrics) -> list[int]:
     """Class ids with no pixel in the test set's labels."""
     return [int(i) for i in np.flatnonzero(m.confusion.sum(1) == 0)]
 
 
-def confusion_change_png(names: Sequence[str], baseline: Metrics, candidate: Metrics, title: str) -> bytes:
+def confusion_change_png(
+    names: Sequence[str], baseline: EvalMetrics, candidate: EvalMetrics, title: str
+) -> bytes:
     """Candidate minus baseline, each confusion matrix normalised per ground-truth row:
     blue on the diagonal = more pixels right, red off it = a new confusion."""
     plt = _pyplot()
@@ -170,7 +172,7 @@ def examples_png(examples: Sequence[Example], labels: LabelSet) -> bytes:
 # ----------------------------------------------------------------------------- choosing examples
 
 
-def most_changed(baseline: Metrics | None, candidate: Metrics, k: int = 4) -> list[str]:
+def most_changed(baseline: EvalMetrics | None, candidate: EvalMetrics, k: int = 4) -> list[str]:
     """The ``k`` images whose mIoU changed most (candidate minus baseline, either way);
     without a baseline, the candidate's worst images."""
     if baseline is None:
@@ -186,9 +188,14 @@ def most_changed(baseline: Metrics | None, candidate: Metrics, k: int = 4) -> li
 
 
 def render_examples(
-    paths: Sequence[str], samples, baseline_seg, candidate_seg, baseline: Metrics | None, candidate: Metrics
+    paths: Sequence[str],
+    samples,
+    baseline_seg,
+    candidate_seg,
+    baseline: EvalMetrics | None,
+    candidate: EvalMetrics,
 ) -> list[Example]:
-    """Predict the chosen images with both models (``samples``: path -> Sample)."""
+    """Predict the chosen images with both models (``samples``: path -> LabelledSample)."""
     from sedna_sam.lifelong.data import load_sample
 
     out = []
@@ -218,7 +225,7 @@ def _img(name: str, png: bytes) -> str:
     )
 
 
-def _miou_table(per_model: Mapping[str, Mapping[str, Metrics]], roles: Mapping[str, str]) -> str:
+def _miou_table(per_model: Mapping[str, Mapping[str, EvalMetrics]], roles: Mapping[str, str]) -> str:
     domains = sorted({d for per in per_model.values() for d in per})
     head = "".join(f"<th>{html.escape(d)} mIoU</th><th>{html.escape(d)} images</th>" for d in domains)
     rows = []
@@ -234,7 +241,9 @@ def _miou_table(per_model: Mapping[str, Mapping[str, Metrics]], roles: Mapping[s
     return f"<table id=miou><tr><th>role</th><th>model</th>{head}</tr>{''.join(rows)}</table>"
 
 
-def _class_table(domain: str, names: Sequence[str], baseline: Metrics | None, candidate: Metrics) -> str:
+def _class_table(
+    domain: str, names: Sequence[str], baseline: EvalMetrics | None, candidate: EvalMetrics
+) -> str:
     rows = []
     absent = set(absent_classes(candidate))
     for i, name in enumerate(names):
@@ -265,7 +274,7 @@ td.path{font-family:monospace;font-size:.8em} .accept{color:#0a7d32} .reject{col
 
 def write_round_report(
     out_dir: str | Path,
-    metrics: Mapping[str, Mapping[str, Metrics]],
+    metrics: Mapping[str, Mapping[str, EvalMetrics]],
     candidate: str,
     baseline: str | None,
     decision=None,
@@ -339,7 +348,7 @@ def write_round_report(
 
 def report_for_evaluation(
     out_dir: str | Path,
-    metrics: Mapping[str, Mapping[str, Metrics]],
+    metrics: Mapping[str, Mapping[str, EvalMetrics]],
     specs: Mapping[str, str],
     domains: Mapping[str, Sequence],
     candidate: str,

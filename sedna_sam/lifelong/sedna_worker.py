@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from sedna_sam.errors import SednaSamError
-from sedna_sam.lifelong.evaluate import Metrics
+from sedna_sam.lifelong.evaluate import EvalMetrics
 from sedna_sam.lifelong.gate import GateDecision, write_decision
 from sedna_sam.lifelong.report import report_for_evaluation
 from sedna_sam.lifelong.workers import (
@@ -146,7 +146,7 @@ def keep_accepted(output_url: str, candidate_archive: Path, record: dict) -> Non
     fs.pipe_file(f"{path}/{ACCEPTED_NAME}", json.dumps(record, indent=2).encode())
 
 
-def _model_summary(per: Mapping[str, Metrics]) -> dict[str, Any]:
+def _model_summary(per: Mapping[str, EvalMetrics]) -> dict[str, Any]:
     return {f"mIoU_{d}": (None if m.miou != m.miou else round(m.miou, 6)) for d, m in per.items()}
 
 
@@ -236,7 +236,7 @@ def eval_under_sedna(options: EvalOptions, env: Mapping[str, str] | None = None)
     return EvalResult(metrics, decision, baseline, str(index), {"reported": results})
 
 
-def _first_miou(per: Mapping[str, Metrics]) -> float:
+def _first_miou(per: Mapping[str, EvalMetrics]) -> float:
     for domain in ("new", "old"):
         if domain in per and per[domain].miou == per[domain].miou:
             return round(float(per[domain].miou), 6)

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from sedna_sam.errors import BatchReport, InputError, SednaSamError
-from sedna_sam.lifelong.data import Sample, load_sample, write_index
+from sedna_sam.lifelong.data import LabelledSample, load_sample, write_index
 from sedna_sam.storage import atomic_write_bytes, atomic_write_json
 
 log = logging.getLogger(__name__)
@@ -91,7 +91,7 @@ class SampleCache:
         self.keep = keep
         self._cache: dict[tuple[str, str], tuple[np.ndarray, np.ndarray]] = {}
 
-    def get(self, sample: Sample) -> tuple[np.ndarray, np.ndarray]:
+    def get(self, sample: LabelledSample) -> tuple[np.ndarray, np.ndarray]:
         key = (str(sample.image), str(sample.label))
         hit = self._cache.get(key)
         if hit is None:
@@ -102,8 +102,8 @@ class SampleCache:
 
 
 def draw_batch(
-    step: int, new: Sequence[Sample], replay: Sequence[Sample], config: TrainConfig
-) -> tuple[list[Sample], list[bool]]:
+    step: int, new: Sequence[LabelledSample], replay: Sequence[LabelledSample], config: TrainConfig
+) -> tuple[list[LabelledSample], list[bool]]:
     """The samples of one step and, for each, whether to flip it; a pure function of
     (seed, step), which is what makes resuming exact."""
     rng = np.random.default_rng([config.seed, step])
@@ -155,8 +155,8 @@ def segmentation_loss(logits, labels):
 
 
 def usable_samples(
-    samples: Sequence[Sample], cache: SampleCache, report: BatchReport, progress: bool
-) -> list[Sample]:
+    samples: Sequence[LabelledSample], cache: SampleCache, report: BatchReport, progress: bool
+) -> list[LabelledSample]:
     """The samples that load (each read once; kept in ``cache`` when it keeps); the others
     are reported by name and left out, so one bad file does not stop a training round."""
     from tqdm import tqdm
@@ -174,7 +174,7 @@ def usable_samples(
 
 
 def run_fingerprint(
-    base_model: str, new: Sequence[Sample], replay: Sequence[Sample], config: TrainConfig
+    base_model: str, new: Sequence[LabelledSample], replay: Sequence[LabelledSample], config: TrainConfig
 ) -> str:
     """Identity of a training run: a checkpoint is resumed only by the same run."""
     h = hashlib.sha256()
@@ -242,8 +242,8 @@ def publish_model_dir(src: Path, dst: Path) -> Path:
 
 def train_segformer(
     base_model: str | Path,
-    new_samples: Sequence[Sample],
-    replay_samples: Sequence[Sample],
+    new_samples: Sequence[LabelledSample],
+    replay_samples: Sequence[LabelledSample],
     output_dir: str | Path,
     config: TrainConfig | None = None,
     device: str | None = None,
@@ -360,7 +360,7 @@ def train_segformer(
     save_segformer(model, tmp, seg.input_size)
     model_dir = publish_model_dir(tmp, output_dir / MODEL_DIR_NAME)
     knowledge = {(s.image, s.label): s for s in [*replay_samples, *new_samples]}
-    write_index(output_dir / REPLAY_INDEX_NAME, [Sample(i, lab) for i, lab in knowledge])
+    write_index(output_dir / REPLAY_INDEX_NAME, [LabelledSample(i, lab) for i, lab in knowledge])
     result = result_at(model_dir, config.steps)
     atomic_write_json(
         output_dir / REPORT_NAME,

@@ -22,7 +22,7 @@ from sedna_sam import sedna_compat
 from sedna_sam.errors import SednaSamError
 from sedna_sam.lifelong import data as ds
 from sedna_sam.lifelong.estimator import DEFAULT_BASE_MODEL, SegformerEstimator
-from sedna_sam.lifelong.evaluate import Metrics, evaluate_segformer
+from sedna_sam.lifelong.evaluate import EvalMetrics, evaluate_segformer
 from sedna_sam.lifelong.gate import GateDecision, GatePolicy, decide, write_decision
 from sedna_sam.lifelong.report import report_for_evaluation
 from sedna_sam.lifelong.train import MODEL_DIR_NAME, REPLAY_INDEX_NAME, TrainConfig
@@ -85,9 +85,9 @@ class TrainPlan:
     """Everything one training round uses, resolved from flags and env."""
 
     base_model: str
-    new: list[ds.Sample]
-    replay: list[ds.Sample]  # the previous round's knowledge + explicit replay indexes
-    extra_replay: list[ds.Sample]  # explicit replay indexes alone (REPLAY_DATASET_URL)
+    new: list[ds.LabelledSample]
+    replay: list[ds.LabelledSample]  # the previous round's knowledge + explicit replay indexes
+    extra_replay: list[ds.LabelledSample]  # explicit replay indexes alone (REPLAY_DATASET_URL)
     output: str  # OUTPUT_URL as given (a local directory, or s3://...)
     work_dir: Path  # local directory the round writes to (OUTPUT_URL itself when local)
     config: TrainConfig
@@ -104,7 +104,7 @@ def is_remote(url: str) -> bool:
 
 def _previous_round(
     kb_index: str | None, env: Mapping[str, str] | None
-) -> tuple[list[ds.Sample], Path | None]:
+) -> tuple[list[ds.LabelledSample], Path | None]:
     """(replay samples, previous model dir) from CLOUD_KB_INDEX when it names a round of
     ours: a round directory, its knowledge_index.txt, or an index.pkl inside one. (Under
     Sedna's lib the previous model and its knowledge come from the knowledge base itself.)"""
@@ -142,7 +142,7 @@ def plan_training(options: TrainOptions, env: Mapping[str, str] | None = None) -
     extra_urls = options.replay_index
     if extra_urls is None:
         extra_urls = sedna_compat.split_urls(sedna_compat.get_param("REPLAY_DATASET_URL", "", env=env) or "")
-    extra: list[ds.Sample] = []
+    extra: list[ds.LabelledSample] = []
     for url in extra_urls:
         extra += ds.read_index(url, data_root=root)
     replay = kb_replay + extra
@@ -281,7 +281,7 @@ class EvalInputs:
 
     models: list[str]
     baseline: str | None
-    domains: dict[str, list[ds.Sample]]
+    domains: dict[str, list[ds.LabelledSample]]
     test_index: str | None
     old_test_index: str | None
     output: Path  # local directory written to (OUTPUT_URL itself when local, else a scratch dir)
@@ -292,14 +292,14 @@ class EvalInputs:
 
 @dataclass
 class EvalResult:
-    metrics: dict[str, dict[str, Metrics]]  # model url -> domain -> metrics
+    metrics: dict[str, dict[str, EvalMetrics]]  # model url -> domain -> metrics
     decision: GateDecision | None = None
     baseline: str | None = None
     candidate: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def dedupe(samples: Sequence[ds.Sample]) -> list[ds.Sample]:
+def dedupe(samples: Sequence[ds.LabelledSample]) -> list[ds.LabelledSample]:
     """Each (image, label) once: Sedna's eval split repeats earlier rounds' lines."""
     return list({(s.image, s.label): s for s in samples}.values())
 
@@ -345,14 +345,17 @@ def eval_inputs(
 
 
 def evaluate_models(
-    models: Sequence[str] | Mapping[str, str], domains: Mapping[str, list[ds.Sample]], device, progress
-) -> dict[str, dict[str, Metrics]]:
-    """model name -> domain -> Metrics, each model loaded once. ``models``: specs, or
+    models: Sequence[str] | Mapping[str, str],
+    domains: Mapping[str, list[ds.LabelledSample]],
+    device,
+    progress,
+) -> dict[str, dict[str, EvalMetrics]]:
+    """model name -> domain -> EvalMetrics, each model loaded once. ``models``: specs, or
     name -> spec when the name to report differs from where the model is loaded from."""
     from sedna_sam.segformer import load_segformer
 
     specs = dict(models) if isinstance(models, Mapping) else {m: m for m in models}
-    metrics: dict[str, dict[str, Metrics]] = {}
+    metrics: dict[str, dict[str, EvalMetrics]] = {}
     for url, spec in specs.items():
         if url in metrics:
             continue
@@ -367,7 +370,7 @@ def evaluate_models(
 
 
 def write_metrics(
-    inputs: EvalInputs, metrics: Mapping[str, Mapping[str, Metrics]], baseline: str | None
+    inputs: EvalInputs, metrics: Mapping[str, Mapping[str, EvalMetrics]], baseline: str | None
 ) -> None:
     atomic_write_json(
         inputs.output / METRICS_NAME,
@@ -382,7 +385,7 @@ def write_metrics(
 
 
 def gate_from_metrics(
-    baseline: Mapping[str, Metrics], candidate: Mapping[str, Metrics], policy: GatePolicy
+    baseline: Mapping[str, EvalMetrics], candidate: Mapping[str, EvalMetrics], policy: GatePolicy
 ) -> GateDecision:
     def m(per, d):
         return per[d].miou if d in per else None
