@@ -31,7 +31,7 @@ from sedna_sam.labelstudio.backend import (
     connect_interactive,
     controls_from_config,
     interactive_labeling_config_xml,
-    make_server,
+    make_backend_server,
     polygon_results,
     prompt_from_context,
 )
@@ -193,7 +193,7 @@ def backend_factory(tiny_sam):
         # polygon comparisons below are never between two empty lists.
         engine = InteractiveSam(tiny_sam, cache_size=cache_size)
         backend = SamBackend(engine, images, model_version="sam-tiny", min_area_px=4)
-        server = make_server(backend, "127.0.0.1", 0, auth=AUTH)
+        server = make_backend_server(backend, "127.0.0.1", 0, auth=AUTH)
         threading.Thread(target=server.serve_forever, daemon=True).start()
         servers.append(server)
         return f"http://127.0.0.1:{server.server_address[1]}", backend

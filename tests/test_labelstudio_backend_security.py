@@ -29,7 +29,7 @@ from sedna_sam.labelstudio.backend import (
     SamBackend,
     connect_backend,
     interactive_labeling_config_xml,
-    make_server,
+    make_backend_server,
 )
 
 LABELS = LabelSet.from_names(["road", "car"])
@@ -101,7 +101,7 @@ def backend(tiny_sam):
         b = SamBackend(
             InteractiveSam(tiny_sam, cache_size=2), images, model_version="sam-tiny", min_area_px=4
         )
-        server = make_server(b, "127.0.0.1", 0, auth=AUTH, **kw)
+        server = make_backend_server(b, "127.0.0.1", 0, auth=AUTH, **kw)
         threading.Thread(target=server.serve_forever, daemon=True).start()
         servers.append(server)
         return f"127.0.0.1:{server.server_address[1]}", b
@@ -162,7 +162,7 @@ def test_every_route_but_health_needs_credentials(backend, tmp_path):
 def test_a_server_without_credentials_cannot_be_made(tiny_sam):
     b = SamBackend(InteractiveSam(tiny_sam), ImageSource())
     with pytest.raises(SednaSamError, match="SEDNA_SAM_BACKEND_PASSWORD"):
-        make_server(b, "127.0.0.1", 0, auth=BackendAuth())
+        make_backend_server(b, "127.0.0.1", 0, auth=BackendAuth())
 
 
 def test_ls_backend_command_refuses_to_start_without_credentials(monkeypatch, caplog, tmp_path):

@@ -376,7 +376,9 @@ def annotate_images(
             annotator = annotator or Annotator.from_options(options, _device_for(0, options))
             for item, image in read_ahead(todo):
                 try:
-                    record("ok", str(item), "", annotate_file(annotator, item, out_dir, save_img, image.result()))
+                    record(
+                        "ok", str(item), "", annotate_file(annotator, item, out_dir, save_img, image.result())
+                    )
                 except SednaSamError as exc:
                     record("fail", str(item), str(exc), {})
                 except Exception as exc:

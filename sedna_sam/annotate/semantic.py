@@ -34,7 +34,6 @@ log = logging.getLogger(__name__)
 SEMANTIC_BACKENDS: Registry = Registry("semantic backend")
 
 
-
 def id_mapping(model_id2label: Mapping[int, str], labels: LabelSet, source: str = "model") -> np.ndarray:
     """(max model id + 1,) int64 lookup: model class id -> labels-config id (255 if absent).
 

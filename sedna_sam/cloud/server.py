@@ -80,7 +80,7 @@ def _id(value: Any, what: str) -> int:
 
 
 class Handler(JsonHandler):
-    service: AnnotationService  # set on the subclass made by make_server
+    service: AnnotationService  # set on the subclass made by make_service_server
     alive: threading.Event
     server_version = "sedna-sam-cloud"
     max_body = MAX_BODY
@@ -196,7 +196,7 @@ class Handler(JsonHandler):
         self._json(HTTPStatus.OK, {"result": outcome})
 
 
-def make_server(
+def make_service_server(
     service: AnnotationService, host: str, port: int, alive: threading.Event
 ) -> BoundedHTTPServer:
     """An HTTP server bound to (host, port) serving ``service``; port 0 picks a free one."""
@@ -220,7 +220,7 @@ def serve(
     when the loop has stopped."""
     stop = stop or threading.Event()
     alive = threading.Event()
-    server = make_server(service, host, port, alive)
+    server = make_service_server(service, host, port, alive)
     thread = threading.Thread(target=server.serve_forever, name="http", daemon=True)
     thread.start()
     log.info(

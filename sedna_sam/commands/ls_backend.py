@@ -110,7 +110,7 @@ def run_backend(args) -> int:
         InteractiveSam,
         SamBackend,
         image_source_from_env,
-        make_server,
+        make_backend_server,
     )
     from sedna_sam.models import load_sam
 
@@ -128,7 +128,7 @@ def run_backend(args) -> int:
         min_area_px=args.min_area_px,
         multimask=args.multimask,
     )
-    server = make_server(
+    server = make_backend_server(
         backend, args.host, args.port, auth=auth, max_body=args.max_request_bytes, workers=args.workers
     )
     host, port = server.server_address[:2]

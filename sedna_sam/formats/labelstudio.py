@@ -128,8 +128,13 @@ def polygon_results(
     Regions panel lists road before cars)."""
     return [
         polygon_result(
-            region.points, labels.id2label[region.class_id], width, height,
-            region_id=f"r{i:04d}", from_name=from_name, to_name=to_name,
+            region.points,
+            labels.id2label[region.class_id],
+            width,
+            height,
+            region_id=f"r{i:04d}",
+            from_name=from_name,
+            to_name=to_name,
         )  # fmt: skip
         for i, region in enumerate(regions)
     ]

@@ -200,8 +200,13 @@ def polygon_results(
     polygons = polygons_from_mask(mask, tolerance_px=tolerance_px, min_area_px=min_area_px)
     return [
         polygon_result(
-            poly, label, w, h, region_id=uuid.uuid4().hex[:10],  # unique across clicks on one task
-            from_name=controls.polygon_from, to_name=controls.image_to,
+            poly,
+            label,
+            w,
+            h,
+            region_id=uuid.uuid4().hex[:10],  # unique across clicks on one task
+            from_name=controls.polygon_from,
+            to_name=controls.image_to,
         )  # fmt: skip
         for poly in sorted(polygons, key=polygon_area, reverse=True)
     ]
@@ -585,7 +590,7 @@ class BackendAuth:
         return False
 
 
-def make_server(
+def make_backend_server(
     backend: SamBackend,
     host: str = "127.0.0.1",
     port: int = 9090,
