@@ -189,6 +189,11 @@ _QUERY_PASSWORD = re.compile(r"([?&]password=)[^&#]*", re.IGNORECASE)
 
 def open_queue(url: str) -> Queue:
     """Open (and create or migrate) the queue store named by a database URL."""
+    # The PostgreSQL backend registers itself ("postgresql", "postgres") when imported, here
+    # rather than at the end of this module (no import cycle); psycopg itself is imported
+    # only when such a queue is opened.
+    from sedna_sam.cloud import queue_postgres  # noqa: F401
+
     return QUEUE_BACKENDS.create(url_scheme(url), url=url)
 
 
@@ -769,7 +774,3 @@ def _lock_file(path: Path) -> int:
             _LOCK_FDS[key] = os.open(key, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
         return _LOCK_FDS[key]
 
-
-# The PostgreSQL backend registers itself ("postgresql", "postgres"); psycopg is imported
-# only when such a queue is opened.
-from sedna_sam.cloud import queue_postgres  # noqa: E402, F401
