@@ -236,6 +236,39 @@ def role_env(role: str) -> RoleEnv:
         raise ValueError(f"unknown role {role!r}; choose one of: {', '.join(sorted(ROLE_ENV))}") from None
 
 
+def env_reference_markdown() -> str:
+    """docs/configuration.md: every name in :data:`ENV` with its meaning, default, whether
+    it is secret, and which worker roles read it (a test keeps the file equal to this)."""
+    roles = [r for r in ROLE_ENV if r != "edge"]  # "edge" is another name for "inference"
+    lines = [
+        "# Configuration: the Sedna workers' environment",
+        "",
+        "Generated from `sedna_sam.sedna_compat.ENV` and `ROLE_ENV` (the one env contract of the",
+        "train, eval and inference workers); `tests/test_architecture.py` keeps this file equal to",
+        'it. Regenerate with `python -c "from sedna_sam.sedna_compat import env_reference_markdown as m;',
+        "print(m(), end='')\" > docs/configuration.md`. Each name is looked up as written, then",
+        "upper-cased (as Sedna's `Context.get_parameters` does); command-line flags override it.",
+        "Roles: **S** set by Sedna's global manager, **R** required, **o** optional.",
+        "",
+        "| name | meaning | default | secret | " + " | ".join(roles) + " |",
+        "|---|---|---|---|" + "---|" * len(roles),
+    ]
+    for var in ENV.values():
+        marks = []
+        for role in roles:
+            spec = ROLE_ENV[role]
+            mark = "S" if var.name in spec.sedna else "R" if var.name in spec.required else ""
+            marks.append(mark or ("o" if var.name in spec.optional else ""))
+        default = f"`{var.default}`" if var.default not in (None, "") else ""
+        meaning = var.meaning.replace("|", "\\|")
+        lines.append(
+            f"| `{var.name}` | {meaning} | {default} | {'yes' if var.secret else ''} | "
+            + " | ".join(marks)
+            + " |"
+        )
+    return "\n".join(lines) + "\n"
+
+
 def under_sedna(env: Mapping[str, str] | None = None) -> bool:
     """True when a Sedna job started this process (the global manager sets both)."""
     return bool(get_param("JOB_NAME", env=env) and get_param("WORKER_NAME", env=env))

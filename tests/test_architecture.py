@@ -78,3 +78,11 @@ def test_the_scan_sees_imports_and_cycles():
 def test_no_import_cycles():
     cycles = find_cycles(import_graph())
     assert not cycles, "module-level import cycles:\n" + "\n".join(" -> ".join(c) for c in cycles)
+
+
+def test_configuration_reference_is_generated_from_the_env_contract():
+    from sedna_sam.sedna_compat import ENV, env_reference_markdown
+
+    doc = (PACKAGE.parent / "docs" / "configuration.md").read_text(encoding="utf-8")
+    assert doc == env_reference_markdown(), "docs/configuration.md is stale: regenerate it (see its header)"
+    assert all(f"| `{name}` |" in doc for name in ENV)
