@@ -15,10 +15,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from fixtures_cloud import local_service_config, serving
 
 from sedna_sam.cloud import queue as q
-from sedna_sam.cloud.server import SECRET_HEADER, serve
-from sedna_sam.cloud.service import AnnotationService, ServiceConfig, fetch_sample
+from sedna_sam.cloud.server import SECRET_HEADER
+from sedna_sam.cloud.service import AnnotationService, fetch_sample
 from sedna_sam.errors import InputError
 from sedna_sam.images import encode_png
 from sedna_sam.storage import url_filesystem
@@ -105,35 +106,9 @@ def test_image_over_the_pixel_cap_never_reaches_raw_data(tmp_path, monkeypatch):
 
 @pytest.fixture
 def running(tmp_path, labels):
-    (tmp_path / "store").mkdir()
-    config = ServiceConfig(
-        store=str(tmp_path / "store"),
-        dataset_dir=tmp_path / "dataset",
-        index_path=tmp_path / "dataset" / "index.txt",
-        queue_url=f"sqlite:///{tmp_path}/queue.sqlite",
-        labels=labels,
-        webhook_secret=SECRET,
-        poll_interval_s=3600,
-    )
-    service = AnnotationService(config)
-    stop, ready = threading.Event(), threading.Event()
-    box = {}
-
-    def on_ready(server):
-        box["port"] = server.server_address[1]
-        ready.set()
-
-    thread = threading.Thread(
-        target=serve,
-        args=(service, "127.0.0.1", 0),
-        kwargs={"interval_s": 0.05, "stop": stop, "ready": on_ready},
-    )
-    thread.start()
-    assert ready.wait(10)
-    yield service, box["port"]
-    stop.set()
-    service.wake.set()
-    thread.join(10)
+    service = AnnotationService(local_service_config(tmp_path, labels, SECRET))
+    with serving(service) as port:
+        yield service, port
 
 
 def hook(task_id, annotation_id, updated_at="2026-11-01T10:00:00Z") -> dict:

@@ -4,17 +4,17 @@ Prometheus client's own parser), and /webhook's shared-secret check."""
 from __future__ import annotations
 
 import json
-import threading
 import urllib.error
 import urllib.request
 
 import pytest
+from fixtures_cloud import local_service_config, serving
 from prometheus_client.parser import text_string_to_metric_families
 
 from sedna_sam.cloud import queue as q
 from sedna_sam.cloud.metrics import STAGE_BUCKETS
-from sedna_sam.cloud.server import SECRET_HEADER, serve
-from sedna_sam.cloud.service import AnnotationService, ServiceConfig
+from sedna_sam.cloud.server import SECRET_HEADER
+from sedna_sam.cloud.service import AnnotationService
 
 SECRET = "s3cret-for-tests"
 
@@ -22,35 +22,9 @@ SECRET = "s3cret-for-tests"
 @pytest.fixture
 def running(tmp_path, labels):
     """A service (empty store, no Label Studio needed for these endpoints) on a free port."""
-    (tmp_path / "store").mkdir()
-    config = ServiceConfig(
-        store=str(tmp_path / "store"),
-        dataset_dir=tmp_path / "dataset",
-        index_path=tmp_path / "dataset" / "index.txt",
-        queue_url=f"sqlite:///{tmp_path}/queue.sqlite",
-        labels=labels,
-        webhook_secret=SECRET,
-        poll_interval_s=3600,
-    )
-    service = AnnotationService(config)
-    stop, ready = threading.Event(), threading.Event()
-    box = {}
-
-    def on_ready(server):
-        box["url"] = f"http://127.0.0.1:{server.server_address[1]}"
-        ready.set()
-
-    thread = threading.Thread(
-        target=serve,
-        args=(service, "127.0.0.1", 0),
-        kwargs={"interval_s": 0.05, "stop": stop, "ready": on_ready},
-    )
-    thread.start()
-    assert ready.wait(10)
-    yield service, box["url"]
-    stop.set()
-    service.wake.set()
-    thread.join(10)
+    service = AnnotationService(local_service_config(tmp_path, labels, SECRET))
+    with serving(service) as port:
+        yield service, f"http://127.0.0.1:{port}"
 
 
 def request(url, body=None, headers=None, method=None):

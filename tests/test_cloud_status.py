@@ -5,13 +5,13 @@ a person sees it in Chromium (screenshot under test-artifacts/)."""
 from __future__ import annotations
 
 import json
-import threading
 import time
 import urllib.error
 import urllib.request
 
 import pytest
 from fixtures_browser import chromium_page, images_loaded, screenshot
+from fixtures_cloud import local_service_config, serving
 
 from sedna_sam.cloud import queue as q
 from sedna_sam.cloud.status import percentile, queue_summary
@@ -61,22 +61,11 @@ def test_percentiles_and_summary_are_pure():
 
 @pytest.fixture
 def service_with_samples(tmp_path, labels):
-    from sedna_sam.cloud.server import serve
-    from sedna_sam.cloud.service import AnnotationService, ServiceConfig
+    from sedna_sam.cloud.service import AnnotationService
     from sedna_sam.images import write_png
     from sedna_sam.synthetic import make_street_scene, render_scene
 
-    (tmp_path / "store").mkdir()
-    config = ServiceConfig(
-        store=str(tmp_path / "store"),
-        dataset_dir=tmp_path / "dataset",
-        index_path=tmp_path / "dataset" / "index.txt",
-        queue_url=f"sqlite:///{tmp_path}/queue.sqlite",
-        labels=labels,
-        webhook_secret=SECRET,
-        poll_interval_s=3600,
-        ls_url="http://label-studio.example:8080",
-    )
+    config = local_service_config(tmp_path, labels, SECRET, ls_url="http://label-studio.example:8080")
     service = AnnotationService(config)
     raw = tmp_path / "dataset" / "raw_data"
     raw.mkdir(parents=True)
@@ -100,24 +89,9 @@ def service_with_samples(tmp_path, labels):
             if b == q.IN_LABEL_STUDIO:
                 service.queue.set_task(sid, 40 + i)
             service.queue.advance(sid, a, b)
-    stop, ready, box = threading.Event(), threading.Event(), {}
-
-    def on_ready(server):
-        box["url"] = f"http://127.0.0.1:{server.server_address[1]}"
-        ready.set()
-
     # the worker loop would start pre-annotating; a long interval keeps the states as set up
-    thread = threading.Thread(
-        target=serve,
-        args=(service, "127.0.0.1", 0),
-        kwargs={"interval_s": 3600, "stop": stop, "ready": on_ready},
-    )
-    thread.start()
-    assert ready.wait(10)
-    yield service, box["url"]
-    stop.set()
-    service.wake.set()
-    thread.join(10)
+    with serving(service, interval_s=3600) as port:
+        yield service, f"http://127.0.0.1:{port}"
 
 
 def get(url: str) -> tuple[int, str]:
