@@ -21,7 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-from sedna_sam.formats.labelstudio import parse_export, task_from_class_map
+from sedna_sam.formats.labelstudio import task_from_class_map
+from sedna_sam.formats.ls_export import parse_export
 from sedna_sam.formats.trainids import trainids_from_export
 from sedna_sam.geometry import mean_iou, pixel_accuracy
 from sedna_sam.labels import IGNORE_ID, LabelSet, cityscapes

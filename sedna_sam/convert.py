@@ -23,13 +23,9 @@ import numpy as np
 from tqdm import tqdm
 
 from sedna_sam.errors import BatchReport, InputError
-from sedna_sam.formats.labelstudio import (
-    ExportedTask,
-    image_ref_to_path,
-    image_url,
-    read_export,
-    task_from_class_map,
-)
+from sedna_sam.formats.labelstudio import task_from_class_map
+from sedna_sam.formats.ls_export import ExportedTask, read_export
+from sedna_sam.formats.ls_images import image_ref_to_path, image_url
 from sedna_sam.formats.ssa import read_ssa
 from sedna_sam.formats.trainids import trainids_from_export, write_preview, write_trainids
 from sedna_sam.images import image_size

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from sedna_sam.cli import main
 from sedna_sam.convert import ls_to_trainids
 from sedna_sam.errors import InputError
-from sedna_sam.formats.labelstudio import parse_export, read_export
+from sedna_sam.formats.ls_export import parse_export, read_export
 from sedna_sam.geometry import rasterize_polygon
 from sedna_sam.images import write_png
 from sedna_sam.labels import cityscapes

@@ -9,15 +9,9 @@ import numpy as np
 import pytest
 
 from sedna_sam.errors import InputError
-from sedna_sam.formats.labelstudio import (
-    image_ref_to_path,
-    image_url,
-    parse_export,
-    read_export,
-    regions_from_export,
-    stem_of_ref,
-    task_from_class_map,
-)
+from sedna_sam.formats.labelstudio import regions_from_export, task_from_class_map
+from sedna_sam.formats.ls_export import parse_export, read_export
+from sedna_sam.formats.ls_images import image_ref_to_path, image_url, stem_of_ref
 from sedna_sam.formats.trainids import (
     colorize,
     read_trainids,
@@ -288,7 +282,7 @@ def test_trainids_png_is_16_bit_and_preview_uses_palette(tmp_path, city):
 def test_latest_annotation_is_one_rule_for_exports_and_the_cloud_service():
     """Cancelled and skipped annotations never count, wherever the task came from (an
     export, `ls pull`, the cloud service's polling)."""
-    from sedna_sam.formats.labelstudio import latest_annotation
+    from sedna_sam.formats.ls_export import latest_annotation
 
     annotations = [
         {"id": 1, "updated_at": "2026-01-01T10:00:00Z", "result": []},

@@ -153,7 +153,8 @@ def pre_annotate(engine, config, layout: DatasetLayout, image: Path) -> None:
 def write_task(layout: DatasetLayout, image: Path, class_map, labels) -> dict[str, Any]:
     """The Label Studio task (polygon predictions) of one pre-annotated image, written to
     ``ls_data/<stem>_semantic_poly_ls.json``; returns it."""
-    from sedna_sam.formats.labelstudio import image_url, task_from_class_map
+    from sedna_sam.formats.labelstudio import task_from_class_map
+    from sedna_sam.formats.ls_images import image_url
 
     task = task_from_class_map(
         class_map, labels, image_url(image), model_version=MODEL_VERSION, min_area_px=4.0
@@ -168,7 +169,7 @@ def trainids_from_task(task: dict[str, Any], dataset_dir: Path, labels) -> Path:
     returns it: ``{"id", "data", "annotations": [...]}``) to ``train_ids/<stem>_TrainIds.png``."""
     from sedna_sam.convert import task_to_trainids
     from sedna_sam.errors import InputError
-    from sedna_sam.formats.labelstudio import parse_export
+    from sedna_sam.formats.ls_export import parse_export
 
     (exported,) = parse_export(task, source=f"Label Studio task {task.get('id')}")
     if not exported.annotated:
@@ -262,7 +263,7 @@ class LabelStudioProject:
         the task without recording it (the queue's ``push_started_at``), which is rare: so
         a push, or a replica's restart, never pages through every task of a big project."""
         from sedna_sam.errors import SednaSamError
-        from sedna_sam.labelstudio.client import task_key
+        from sedna_sam.formats.ls_images import task_key
 
         key = task_key(task)
         if look_first:
@@ -324,8 +325,8 @@ def write_trainids_from_task(
 def latest_annotations(ls: LabelStudioProject, task_ids: list[int]) -> dict[int, tuple[int, str | None]]:
     """{task id: (annotation id, updated_at)} of the newest submitted annotation of each
     of ``task_ids`` that has one (one paged listing of the project; cancelled and skipped
-    ones do not count, as in exports: formats.labelstudio.latest_annotation)."""
-    from sedna_sam.formats.labelstudio import latest_annotation
+    ones do not count, as in exports: formats.ls_export.latest_annotation)."""
+    from sedna_sam.formats.ls_export import latest_annotation
 
     wanted = set(task_ids)
     found: dict[int, tuple[int, str | None]] = {}

@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 
 from sedna_sam.errors import InputError
-from sedna_sam.formats.labelstudio import ExportedTask, regions_from_export
+from sedna_sam.formats.labelstudio import regions_from_export
+from sedna_sam.formats.ls_export import ExportedTask
 from sedna_sam.geometry import rasterize_regions
 from sedna_sam.images import read_label_png, write_png
 from sedna_sam.labels import IGNORE_ID, LabelSet

@@ -26,7 +26,8 @@ from typing import TYPE_CHECKING, Any
 
 from sedna_sam.deps import need
 from sedna_sam.errors import BatchReport, InputError, SednaSamError
-from sedna_sam.formats.labelstudio import DOCUMENT_ROOT_ENV, POLYGON_TYPE
+from sedna_sam.formats.labelstudio import POLYGON_TYPE
+from sedna_sam.formats.ls_images import DOCUMENT_ROOT_ENV
 from sedna_sam.labels import LabelSet, labeling_config_xml
 from sedna_sam.storage import DatasetLayout, atomic_write_bytes, atomic_write_json
 
@@ -458,7 +459,7 @@ def pull_dataset(
     (``ls_data/pull_state.json``: task id -> annotation id + updated_at) is saved after the
     conversion, without the tasks that failed, so they are retried next time."""
     from sedna_sam.convert import exported_to_trainids
-    from sedna_sam.formats.labelstudio import read_export
+    from sedna_sam.formats.ls_export import read_export
 
     layout = DatasetLayout(Path(dataset_dir))
     proj = client.get_project(project)
