@@ -86,12 +86,10 @@ def main(argv: list[str] | None = None) -> int:
 
     from sedna_sam.images import write_png
     from sedna_sam.labels import cityscapes
-    from sedna_sam.labelstudio.backend import (
-        ImageSource,
-        InteractiveSam,
-        SamBackend,
-        interactive_labeling_config_xml,
-    )
+    from sedna_sam.labelstudio.backend import SamBackend
+    from sedna_sam.labelstudio.image_source import ImageSource
+    from sedna_sam.labelstudio.interactive import InteractiveSam
+    from sedna_sam.labelstudio.label_config import interactive_labeling_config_xml
     from sedna_sam.synthetic import make_street_scene, render_scene
 
     labels = cityscapes()

@@ -27,7 +27,8 @@ from sedna_sam.convert import TASKS_FILE, ssa_to_ls
 from sedna_sam.formats.ssa import write_ssa
 from sedna_sam.images import write_png
 from sedna_sam.labels import cityscapes
-from sedna_sam.labelstudio.client import LabelStudioClient, pull_dataset, push_dataset, read_tasks_file
+from sedna_sam.labelstudio.api import LabelStudioClient
+from sedna_sam.labelstudio.client import pull_dataset, push_dataset, read_tasks_file
 from sedna_sam.labelstudio.server import start_server
 from sedna_sam.storage import DatasetLayout, atomic_write_json
 from sedna_sam.synthetic import make_street_scene, render_scene

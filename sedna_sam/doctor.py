@@ -12,14 +12,14 @@ import importlib.util
 import json
 import os
 import socket
-import urllib.error
-import urllib.request
 import uuid
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from sedna_sam.errors import SednaSamError
+from sedna_sam.labelstudio.http import TOKEN_ENV, URL_ENV, httpx_module, open_client
 from sedna_sam.registry import Registry
 from sedna_sam.sedna_compat import get_param, missing_env, role_env, split_urls, under_sedna
 from sedna_sam.storage import is_local_url, local_path
@@ -268,22 +268,26 @@ def probe_model(url: str, verify_hash: bool = False) -> CheckResult:
 
 @CHECKS.register("label-studio")
 def check_label_studio(ctx: DoctorContext) -> list[CheckResult]:
-    url = (ctx.ls_url or ctx.env.get("LABEL_STUDIO_URL") or "").rstrip("/")
-    token = ctx.ls_token or ctx.env.get("LABEL_STUDIO_API_KEY")
+    url = (ctx.ls_url or ctx.env.get(URL_ENV) or "").rstrip("/")
+    token = ctx.ls_token or ctx.env.get(TOKEN_ENV)
     if not url:
-        return [
-            CheckResult(
-                "label studio", FAIL, "no Label Studio URL", "set LABEL_STUDIO_URL (or pass --ls-url)"
-            )
-        ]
+        return [CheckResult("label studio", FAIL, "no Label Studio URL", f"set {URL_ENV} (or pass --ls-url)")]
     try:
-        http_get(f"{url}/health", None, ctx.timeout_s)
-    except OSError as exc:
+        httpx = httpx_module()
+    except SednaSamError as exc:  # a finding, like any other: the check cannot run here
+        return [
+            CheckResult("label studio", FAIL, "httpx, Label Studio's HTTP client, is not installed", str(exc))
+        ]
+    # One try each, no retries: the doctor reports what it finds, it does not wait.
+    try:
+        with open_client(url, timeout_s=ctx.timeout_s, retries=0) as http:
+            http.get("/health").raise_for_status()
+    except (httpx.HTTPError, httpx.InvalidURL, OSError) as exc:
         return [
             CheckResult(
                 "label studio",
                 FAIL,
-                f"{url} not reachable: {exc}",
+                f"{url} not reachable: {type(exc).__name__}: {exc}",
                 "check the Service name/port and that the Label Studio pod is Ready",
             )
         ]
@@ -293,31 +297,27 @@ def check_label_studio(ctx: DoctorContext) -> list[CheckResult]:
                 "label studio",
                 FAIL,
                 f"{url} reachable, but no API token",
-                "set LABEL_STUDIO_API_KEY from the secret (key LABEL_STUDIO_API_KEY)",
+                f"set {TOKEN_ENV} from the secret (key {TOKEN_ENV})",
             )
         ]
     try:
-        who = json.loads(http_get(f"{url}/api/current-user/whoami", token, ctx.timeout_s))
-    except urllib.error.HTTPError as exc:
-        return [
-            CheckResult(
-                "label studio",
-                FAIL,
-                f"{url} rejected the token (HTTP {exc.code})",
-                "use the token of a Label Studio user (Account & Settings) and start Label Studio "
-                "with legacy tokens enabled (LABEL_STUDIO_ENABLE_LEGACY_API_TOKEN=true)",
-            )
-        ]
-    except (OSError, ValueError) as exc:
+        with open_client(url, token, timeout_s=ctx.timeout_s, retries=0) as http:
+            resp = http.get("/api/current-user/whoami")
+            if resp.status_code >= 400:
+                return [
+                    CheckResult(
+                        "label studio",
+                        FAIL,
+                        f"{url} rejected the token (HTTP {resp.status_code})",
+                        "use the token of a Label Studio user (Account & Settings) and start Label Studio "
+                        "with legacy tokens enabled (LABEL_STUDIO_ENABLE_LEGACY_API_TOKEN=true)",
+                    )
+                ]
+            who = resp.json()
+    except (httpx.HTTPError, OSError, ValueError) as exc:
         return [CheckResult("label studio", FAIL, f"{url} whoami failed: {exc}", "check Label Studio's logs")]
     user = who.get("email") or who.get("username") or "?"
     return [CheckResult("label studio", OK, f"{url} answers, token accepted (user {user})")]
-
-
-def http_get(url: str, token: str | None, timeout_s: float) -> bytes:
-    request = urllib.request.Request(url, headers={"Authorization": f"Token {token}"} if token else {})
-    with urllib.request.urlopen(request, timeout=timeout_s) as response:
-        return response.read()
 
 
 @CHECKS.register("store")

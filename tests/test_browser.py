@@ -11,7 +11,8 @@ import pytest
 from fixtures_browser import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, browser_or_skip
 from fixtures_labelstudio import W, new_dataset
 
-from sedna_sam.labelstudio.client import LabelStudioClient, push_dataset
+from sedna_sam.labelstudio.api import LabelStudioClient
+from sedna_sam.labelstudio.client import push_dataset
 
 
 @pytest.mark.slow

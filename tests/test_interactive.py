@@ -21,20 +21,11 @@ import pytest
 from fixtures_labelstudio import LabelStudioRest
 
 from sedna_sam.labels import LabelSet, labeling_config_xml
-from sedna_sam.labelstudio.backend import (
-    BackendAuth,
-    Controls,
-    ImageSource,
-    InteractiveSam,
-    SamBackend,
-    connect_backend,
-    connect_interactive,
-    controls_from_config,
-    interactive_labeling_config_xml,
-    make_backend_server,
-    polygon_results,
-    prompt_from_context,
-)
+from sedna_sam.labelstudio.backend import BackendAuth, SamBackend, make_backend_server
+from sedna_sam.labelstudio.connect import connect_backend, connect_interactive
+from sedna_sam.labelstudio.image_source import ImageSource
+from sedna_sam.labelstudio.interactive import InteractiveSam, polygon_results, prompt_from_context
+from sedna_sam.labelstudio.label_config import Controls, controls_from_config, interactive_labeling_config_xml
 
 LABELS = LabelSet.from_names(["road", "car", "scooter"])
 W, H = 160, 96  # not square: a swapped x/y or width/height shows

@@ -15,13 +15,9 @@ from fixtures_labelstudio import CAR, PERSON, H, W, class_map, make_dataset, new
 
 from sedna_sam.cli import main
 from sedna_sam.formats.trainids import read_trainids
-from sedna_sam.labelstudio.client import (
-    LabelStudioClient,
-    LabelStudioError,
-    ServerUnreachable,
-    pull_dataset,
-    push_dataset,
-)
+from sedna_sam.labelstudio.api import LabelStudioClient
+from sedna_sam.labelstudio.client import pull_dataset, push_dataset
+from sedna_sam.labelstudio.http import LabelStudioError, ServerUnreachable
 from sedna_sam.storage import DatasetLayout
 
 pytestmark = pytest.mark.labelstudio

@@ -22,15 +22,11 @@ import pytest
 from sedna_sam.errors import InputError, SednaSamError
 from sedna_sam.images import encode_png, write_png
 from sedna_sam.labels import LabelSet
-from sedna_sam.labelstudio.backend import (
-    BackendAuth,
-    ImageSource,
-    InteractiveSam,
-    SamBackend,
-    connect_backend,
-    interactive_labeling_config_xml,
-    make_backend_server,
-)
+from sedna_sam.labelstudio.backend import BackendAuth, SamBackend, make_backend_server
+from sedna_sam.labelstudio.connect import connect_backend
+from sedna_sam.labelstudio.image_source import ImageSource
+from sedna_sam.labelstudio.interactive import InteractiveSam
+from sedna_sam.labelstudio.label_config import interactive_labeling_config_xml
 
 LABELS = LabelSet.from_names(["road", "car"])
 AUTH = BackendAuth("label-studio", "correct horse battery", "bearer-token-123")

@@ -279,7 +279,7 @@ class LabelStudioProject:
 
 def connect_label_studio(config) -> LabelStudioProject:
     from sedna_sam.errors import SednaSamError
-    from sedna_sam.labelstudio.client import LabelStudioClient
+    from sedna_sam.labelstudio.api import LabelStudioClient
 
     if not config.ls_url or not config.ls_token:
         raise SednaSamError("Label Studio is not configured: set LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY")

@@ -14,7 +14,7 @@ log = logging.getLogger(__name__)
 
 
 def _credentials(args: argparse.Namespace) -> tuple[str, str]:
-    from sedna_sam.labelstudio.client import resolve_credentials
+    from sedna_sam.labelstudio.http import resolve_credentials
 
     token = None
     if getattr(args, "token_file", None):
@@ -81,14 +81,16 @@ def _down(args: argparse.Namespace) -> int:
 
 def _push(args: argparse.Namespace) -> int:
     from sedna_sam.labels import load_labels
-    from sedna_sam.labelstudio.client import LabelStudioClient, project_url, push_dataset
+    from sedna_sam.labelstudio.api import LabelStudioClient
+    from sedna_sam.labelstudio.client import project_url, push_dataset
 
     labels = load_labels(args.config_path or "cityscapes")
     url, token = _credentials(args)
     if args.connect_backend:  # missing backend credentials stop the command before it pushes
-        from sedna_sam.labelstudio.backend import BackendAuth, _auth_fields
+        from sedna_sam.labelstudio.backend import BackendAuth
+        from sedna_sam.labelstudio.connect import auth_fields
 
-        _auth_fields(BackendAuth.from_env())
+        auth_fields(BackendAuth.from_env())
     with LabelStudioClient(url, token) as client:
         report = push_dataset(
             args.dataset_dir,
@@ -101,7 +103,8 @@ def _push(args: argparse.Namespace) -> int:
         )
     print(f"project: {project_url(url, report.project['id'])}")
     if args.connect_backend:
-        from sedna_sam.labelstudio.backend import BackendAuth, connect_interactive
+        from sedna_sam.labelstudio.backend import BackendAuth
+        from sedna_sam.labelstudio.connect import connect_interactive
 
         ml = connect_interactive(
             url, token, report.project["id"], args.connect_backend, labels, auth=BackendAuth.from_env()
@@ -116,8 +119,9 @@ def _connect_backend(args: argparse.Namespace) -> int:
     import time
 
     from sedna_sam.labels import load_labels
-    from sedna_sam.labelstudio.backend import BackendAuth, connect_interactive
-    from sedna_sam.labelstudio.client import LabelStudioClient
+    from sedna_sam.labelstudio.api import LabelStudioClient
+    from sedna_sam.labelstudio.backend import BackendAuth
+    from sedna_sam.labelstudio.connect import connect_interactive
 
     labels = load_labels(args.config_path or "cityscapes")
     url, token = _credentials(args)
@@ -146,7 +150,8 @@ def _connect_backend(args: argparse.Namespace) -> int:
 
 def _pull(args: argparse.Namespace) -> int:
     from sedna_sam.labels import load_labels
-    from sedna_sam.labelstudio.client import LabelStudioClient, pull_dataset
+    from sedna_sam.labelstudio.api import LabelStudioClient
+    from sedna_sam.labelstudio.client import pull_dataset
 
     labels = load_labels(args.config_path or "cityscapes")
     url, token = _credentials(args)
@@ -169,7 +174,8 @@ def _pull(args: argparse.Namespace) -> int:
 
 
 def register(subparsers) -> None:
-    from sedna_sam.labelstudio.client import EXPORT_FORMATS, NEW_VERSION_CHOICES
+    from sedna_sam.labelstudio.api import EXPORT_FORMATS
+    from sedna_sam.labelstudio.client import NEW_VERSION_CHOICES
 
     ls = subparsers.add_parser(
         "ls",

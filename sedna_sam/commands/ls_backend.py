@@ -105,13 +105,9 @@ def register_ls(ls_subparsers) -> None:
 
 
 def run_backend(args) -> int:
-    from sedna_sam.labelstudio.backend import (
-        BackendAuth,
-        InteractiveSam,
-        SamBackend,
-        image_source_from_env,
-        make_backend_server,
-    )
+    from sedna_sam.labelstudio.backend import BackendAuth, SamBackend, make_backend_server
+    from sedna_sam.labelstudio.image_source import image_source_from_env
+    from sedna_sam.labelstudio.interactive import InteractiveSam
     from sedna_sam.models import load_sam
 
     auth = BackendAuth.from_env().require()  # no credentials: stop before loading SAM

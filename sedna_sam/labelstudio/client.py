@@ -1,10 +1,8 @@
 """Push pre-annotated tasks to Label Studio and pull corrected annotations back.
 
-One small layer over Label Studio's REST API (the one label-studio-sdk 2.x wraps;
-:func:`sdk` gives the SDK's ``LabelStudio`` on the same URL and token). Every call goes
-through :meth:`LabelStudioClient.request`, which retries connection errors and 5xx with
-exponential backoff and turns 401/403/404 into messages a person can act on. The token
-is only ever put in the ``Authorization`` header: never logged, never in an error.
+The dataset-level steps (``ls push``, ``ls pull``) over the REST calls of
+:class:`~sedna_sam.labelstudio.api.LabelStudioClient`; image references and the document
+root are :mod:`sedna_sam.formats.ls_images`.
 
 Push is idempotent, keyed by image path: before importing, the project's tasks are listed
 and a task whose image (resolved under the local-files document root) is already there is
@@ -18,270 +16,33 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
-import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from sedna_sam.deps import need
 from sedna_sam.errors import BatchReport, InputError, SednaSamError
 from sedna_sam.formats.labelstudio import POLYGON_TYPE
-from sedna_sam.formats.ls_images import DOCUMENT_ROOT_ENV
-from sedna_sam.labels import LabelSet, labeling_config_xml
+from sedna_sam.formats.ls_images import DOCUMENT_ROOT_ENV, local_image_path, resolve_document_root, task_key
+from sedna_sam.labels import LabelSet
+from sedna_sam.labelstudio.api import LabelStudioClient
+from sedna_sam.labelstudio.http import LabelStudioError, resolve_credentials
+from sedna_sam.labelstudio.label_config import config_labels
 from sedna_sam.storage import DatasetLayout, atomic_write_bytes, atomic_write_json
 
-if TYPE_CHECKING:
-    import httpx
+# README documents LabelStudioClient under this module too (it lives in .api).
+__all__ = [
+    "LabelStudioClient",
+    "pull_dataset",
+    "pull_export",
+    "push_dataset",
+    "push_tasks",
+    "read_tasks_file",
+]
 
 log = logging.getLogger(__name__)
 
-URL_ENV = "LABEL_STUDIO_URL"
-TOKEN_ENV = "LABEL_STUDIO_API_KEY"
-EXPORT_FORMATS = ("JSON_MIN", "JSON")
 NEW_VERSION_CHOICES = ("replace", "add", "keep")
 PULL_STATE = "pull_state.json"  # in ls_data/: what `pull --only-new` has converted
-
-
-class LabelStudioError(SednaSamError):
-    """Label Studio answered with an error (message says what to do)."""
-
-    def __init__(self, message: str, status: int | None = None):
-        super().__init__(message)
-        self.status = status
-
-
-class ServerUnreachable(LabelStudioError):
-    """No answer (connection refused/reset, timeout, 5xx) after all retries."""
-
-
-def resolve_credentials(url: str | None, token: str | None) -> tuple[str, str]:
-    """URL and token from the arguments, else $LABEL_STUDIO_URL / $LABEL_STUDIO_API_KEY."""
-    url = url or os.environ.get(URL_ENV)
-    token = token or os.environ.get(TOKEN_ENV)
-    if not url:
-        raise SednaSamError(f"no Label Studio URL: pass --url or set {URL_ENV}")
-    if not token:
-        raise SednaSamError(
-            f"no Label Studio API token: set {TOKEN_ENV} (Account & Settings > Access Token, "
-            "or the api-token file `sedna-sam ls up` wrote) or pass --token-file"
-        )
-    return url.rstrip("/"), token
-
-
-class LabelStudioClient:
-    """REST calls with retries. ``retries`` extra attempts, sleeping ``backoff_s * 2**i``."""
-
-    def __init__(
-        self,
-        url: str,
-        token: str,
-        *,
-        timeout_s: float = 120.0,
-        retries: int = 5,
-        backoff_s: float = 0.5,
-    ):
-        self.url = url.rstrip("/")
-        self.retries = retries
-        self.backoff_s = backoff_s
-        httpx = need("httpx", "ls", "Label Studio's API")
-        self._transport_error = httpx.TransportError
-        self._http = httpx.Client(
-            base_url=self.url,
-            headers={"Authorization": f"Token {token}"},
-            timeout=timeout_s,
-            follow_redirects=True,
-        )
-
-    def close(self) -> None:
-        self._http.close()
-
-    def __enter__(self) -> LabelStudioClient:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-    def request(self, method: str, path: str, **kw) -> httpx.Response:
-        """One API call; raises :class:`LabelStudioError` with an actionable message."""
-        last = ""
-        for attempt in range(self.retries + 1):
-            if attempt:
-                delay = self.backoff_s * 2 ** (attempt - 1)
-                log.warning("Label Studio %s %s: %s; retry %d/%d in %.1f s",
-                            method, path, last, attempt, self.retries, delay)  # fmt: skip
-                time.sleep(delay)
-            try:
-                resp = self._http.request(method, path, **kw)
-            except self._transport_error as exc:
-                last = f"{type(exc).__name__}: {exc}"
-                continue
-            if resp.status_code >= 500:
-                last = f"HTTP {resp.status_code}"
-                continue
-            if resp.status_code in (401, 403):
-                raise LabelStudioError(
-                    f"Label Studio at {self.url} refused the API token (HTTP {resp.status_code} on "
-                    f"{method} {path}): check {TOKEN_ENV} / --token-file (legacy token; a server "
-                    "started by `sedna-sam ls up` keeps it in <data-dir>/api-token)",
-                    resp.status_code,
-                )
-            if resp.status_code == 404:
-                raise LabelStudioError(f"Label Studio {method} {path}: not found (HTTP 404)", 404)
-            if resp.status_code >= 400:
-                raise LabelStudioError(
-                    f"Label Studio {method} {path}: HTTP {resp.status_code}: {resp.text[:500]}",
-                    resp.status_code,
-                )
-            return resp
-        raise ServerUnreachable(
-            f"Label Studio at {self.url} did not answer {method} {path} after "
-            f"{self.retries + 1} attempts ({last}); is it running? Rerun the command to resume."
-        )
-
-    def json(self, method: str, path: str, **kw) -> Any:
-        resp = self.request(method, path, **kw)
-        return resp.json() if resp.content else None
-
-    # ------------------------------------------------------------------ projects
-
-    def find_project(self, title: str) -> dict[str, Any] | None:
-        """The project with this exact title (lowest id if several), or None."""
-        page, found = 1, []
-        while True:
-            data = self.json("GET", "/api/projects/", params={"page": page, "page_size": 100, "title": title})
-            items = data.get("results", []) if isinstance(data, dict) else data
-            found += [p for p in items if p.get("title") == title]
-            if not isinstance(data, dict) or not data.get("next"):
-                break
-            page += 1
-        return min(found, key=lambda p: p["id"]) if found else None
-
-    def get_project(self, project: int | str) -> dict[str, Any]:
-        """A project by id or title; 404 / unknown title -> error naming it."""
-        if isinstance(project, int) or str(project).isdigit():
-            try:
-                return self.json("GET", f"/api/projects/{int(project)}/")
-            except LabelStudioError as exc:
-                if exc.status == 404:
-                    raise LabelStudioError(
-                        f"Label Studio at {self.url} has no project {project}", 404
-                    ) from None
-                raise
-        found = self.find_project(str(project))
-        if found is None:
-            raise LabelStudioError(
-                f"Label Studio at {self.url} has no project titled {project!r} (push first: `sedna-sam ls push`)",
-                404,
-            )
-        return self.json("GET", f"/api/projects/{found['id']}/")
-
-    def ensure_project(self, title: str, labels: LabelSet) -> dict[str, Any]:
-        """The project titled ``title``, created with our labeling config when missing."""
-        if len(title.strip()) < 3:
-            raise SednaSamError(f"project title {title!r}: Label Studio needs at least 3 characters")
-        found = self.find_project(title)
-        if found is not None:
-            return self.json("GET", f"/api/projects/{found['id']}/")
-        log.info("creating Label Studio project %r", title)
-        return self.json(
-            "POST", "/api/projects/", json={"title": title, "label_config": labeling_config_xml(labels)}
-        )
-
-    # ------------------------------------------------------------------ storage
-
-    def ensure_local_storage(
-        self, project_id: int, path: str | Path, document_root: str | Path | None = None
-    ) -> dict:
-        """Connect a local-files import storage covering ``path`` (so Label Studio serves
-        the images); kept as is when one with that path exists. ``path`` must lie under the
-        server's document root (checked here when ``document_root`` is known)."""
-        path = str(Path(path).resolve())
-        if document_root is not None:
-            root = Path(document_root).resolve()
-            if not Path(path).is_relative_to(root):
-                raise InputError(
-                    f"{path}: images are outside the Label Studio document root {root}; "
-                    f"move the dataset under it or start Label Studio with {DOCUMENT_ROOT_ENV} set to a parent folder"
-                )
-        existing = self.json("GET", "/api/storages/localfiles", params={"project": project_id}) or []
-        for storage in existing:
-            if storage.get("path") == path:
-                return storage
-        try:
-            return self.json(
-                "POST",
-                "/api/storages/localfiles",
-                json={
-                    "project": project_id,
-                    "path": path,
-                    "title": Path(path).name[:64] or "images",
-                    "use_blob_urls": False,
-                },  # fmt: skip
-            )
-        except LabelStudioError as exc:
-            if exc.status == 400:
-                raise LabelStudioError(
-                    f"Label Studio refused local storage {path}: {exc}. The server must run with "
-                    f"LABEL_STUDIO_LOCAL_FILES_SERVING_ENABLED=true and {DOCUMENT_ROOT_ENV} a parent of {path}",
-                    400,
-                ) from None
-            raise
-
-    # ------------------------------------------------------------------ tasks
-
-    def iter_tasks(self, project_id: int, page_size: int = 200) -> Iterable[dict[str, Any]]:
-        """Every task of the project with its predictions (paged)."""
-        page = 1
-        while True:
-            try:
-                data = self.json(
-                    "GET", "/api/tasks",
-                    params={"project": project_id, "page": page, "page_size": page_size, "fields": "all"},
-                )  # fmt: skip
-            except LabelStudioError as exc:
-                if exc.status == 404 and page > 1:  # past the last page
-                    return
-                raise
-            tasks = data.get("tasks", []) if isinstance(data, dict) else data
-            yield from tasks
-            total = data.get("total") if isinstance(data, dict) else None
-            if not tasks or len(tasks) < page_size or (total is not None and page * page_size >= total):
-                return
-            page += 1
-
-    def import_tasks(self, project_id: int, tasks: list[dict[str, Any]]) -> list[int]:
-        """Import one batch in one request; returns the new task ids."""
-        data = self.json(
-            "POST", f"/api/projects/{project_id}/import", params={"return_task_ids": "true"}, json=tasks
-        )
-        return list((data or {}).get("task_ids") or [])
-
-    def create_prediction(self, task_id: int, prediction: dict[str, Any]) -> dict:
-        body = {"task": task_id, "result": prediction.get("result", []),
-                "model_version": prediction.get("model_version"), "score": prediction.get("score")}  # fmt: skip
-        return self.json("POST", "/api/predictions/", json=body)
-
-    def delete_prediction(self, prediction_id: int) -> None:
-        self.request("DELETE", f"/api/predictions/{prediction_id}/")
-
-    def export(self, project_id: int, export_format: str = "JSON_MIN") -> bytes:
-        """The project's export (JSON_MIN lists annotated tasks only) as raw bytes."""
-        if export_format not in EXPORT_FORMATS:
-            raise SednaSamError(f"export format {export_format!r}: use one of {', '.join(EXPORT_FORMATS)}")
-        return self.request(
-            "GET",
-            f"/api/projects/{project_id}/export",
-            params={"exportType": export_format, "download_all_tasks": "false"},
-        ).content
-
-
-# ---------------------------------------------------------------------- pure helpers
-
-
-def config_labels(label_config: str) -> set[str]:
-    """Label names a labeling config offers (``<Label value="...">``)."""
-    return set(re.findall(r'<Label\b[^>]*\bvalue="([^"]*)"', label_config or ""))
 
 
 def prediction_labels(tasks: Iterable[dict[str, Any]]) -> set[str]:
@@ -293,25 +54,6 @@ def prediction_labels(tasks: Iterable[dict[str, Any]]) -> set[str]:
                 if result.get("type") == POLYGON_TYPE:
                     names.update((result.get("value") or {}).get("polygonlabels") or [])
     return names
-
-
-def task_key(task: dict[str, Any]) -> str:
-    """The idempotency key: the task's image reference, local-files ``?d=`` decoded so the
-    same image keys the same however the URL was encoded."""
-    from urllib.parse import parse_qs, urlparse
-
-    ref = str((task.get("data") or {}).get("image", ""))
-    parsed = urlparse(ref)
-    if parsed.path.rstrip("/").endswith("/data/local-files"):
-        values = parse_qs(parsed.query).get("d") or [""]
-        return "local:" + values[0].lstrip("/")
-    return ref
-
-
-def local_image_path(task: dict[str, Any], document_root: Path) -> Path | None:
-    """File a local-files task points at (None for other URLs)."""
-    key = task_key(task)
-    return document_root / key[len("local:") :] if key.startswith("local:") else None
 
 
 def read_tasks_file(path: Path) -> list[dict[str, Any]]:
@@ -353,14 +95,16 @@ def push_tasks(
     if on_new_version not in NEW_VERSION_CHOICES:
         raise SednaSamError(f"on_new_version {on_new_version!r}: use one of {', '.join(NEW_VERSION_CHOICES)}")
     report = BatchReport("tasks pushed")
-    missing = prediction_labels(tasks) - config_labels(project.get("label_config", ""))
+    config = project.get("label_config", "")
+    what = f"project {project['id']} ({project.get('title')!r}): its labeling config"
+    missing = prediction_labels(tasks) - config_labels(config, what)
     if missing:
         raise LabelStudioError(
             f"project {project['id']} ({project.get('title')!r}): its labeling config lacks labels the "
             f"predictions use: {', '.join(sorted(missing))}; push with the labels config the tasks were made "
             "with (--config-path) into a new project, or add these labels in the project's settings"
         )
-    root = Path(document_root or os.environ.get(DOCUMENT_ROOT_ENV) or "/").resolve()
+    root = resolve_document_root(document_root)
     existing: dict[str, dict[str, Any]] = {}
     for task in client.iter_tasks(project["id"]):
         existing.setdefault(task_key(task), task)
@@ -523,7 +267,7 @@ def push_dataset(
     from sedna_sam.convert import TASKS_FILE, ssa_to_ls
 
     layout = DatasetLayout(Path(dataset_dir))
-    root = Path(document_root or os.environ.get(DOCUMENT_ROOT_ENV) or "/").resolve()
+    root = resolve_document_root(document_root)
     tasks_path = layout.ls_data / TASKS_FILE
     if not tasks_path.exists():
         log.info("%s missing: converting %s first", tasks_path, layout.ssa_output)

@@ -22,12 +22,12 @@ import signal
 import socket
 import subprocess
 import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from sedna_sam.errors import SednaSamError
+from sedna_sam.formats.ls_images import DOCUMENT_ROOT_ENV, SERVING_ENV
+from sedna_sam.labelstudio.http import TOKEN_ENV, URL_ENV, health_ok, httpx_module
 
 log = logging.getLogger(__name__)
 
@@ -87,15 +87,6 @@ def read_or_create_secret(path: Path, nbytes: int = 20) -> str:
         fh.write(value + "\n")
     os.chmod(path, 0o600)
     return value
-
-
-def health_ok(url: str, timeout_s: float = 3.0) -> bool:
-    """True when ``GET {url}/health`` answers 200."""
-    try:
-        with urllib.request.urlopen(url.rstrip("/") + "/health", timeout=timeout_s) as resp:
-            return resp.status == 200
-    except (urllib.error.URLError, OSError, ValueError):
-        return False
 
 
 def _pid_alive(pid: int) -> bool:
@@ -215,6 +206,7 @@ def start_server(
     ``data_dir``; a restart on the same data dir reuses them. Raises SednaSamError with the
     log's tail when the server exits or does not answer within ``wait_s``.
     """
+    httpx_module()  # the health probe needs it: say so before starting anything
     data_dir = Path(data_dir).resolve()
     data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     # The database holds the API token and webhook secrets: no other local user may read them.
@@ -250,15 +242,11 @@ def start_server(
         extra_env=dict(extra_env or {}),
     )
     env = dict(os.environ)
-    env.update(
-        LABEL_STUDIO_LOCAL_FILES_SERVING_ENABLED="true",
-        LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT=str(root),
-        LABEL_STUDIO_BASE_DATA_DIR=str(data_dir),
-        DJANGO_DB="sqlite",
-    )
+    env.update({SERVING_ENV: "true", DOCUMENT_ROOT_ENV: str(root)})
+    env.update(LABEL_STUDIO_BASE_DATA_DIR=str(data_dir), DJANGO_DB="sqlite")
     env.update(NO_TELEMETRY_ENV)
     env.update(server.extra_env)
-    for name in ("LABEL_STUDIO_API_KEY", "LABEL_STUDIO_URL"):  # ours, not the server's
+    for name in (TOKEN_ENV, URL_ENV):  # ours, not the server's
         env.pop(name, None)
     # Credentials go by environment (label-studio reads LABEL_STUDIO_USERNAME/PASSWORD/
     # USER_TOKEN), not argv, so `ps` on a shared machine never shows them.
