@@ -16,13 +16,13 @@ core = [
 ]
 extras = {
     "sam": ["torch>=2.1", "torchvision>=0.16", "segment-anything>=1.0", "transformers>=4.40"],
-    "ls": ["requests>=2.31", "httpx>=0.24"],
+    "ls": ["httpx>=0.24"],  # the one HTTP client for Label Studio (sedna_sam/labelstudio/http.py)
     "edge": ["torch>=2.1", "transformers>=4.40", "s3fs>=2023.6", "prometheus-client>=0.17"],
     "cloud": [
         "torch>=2.1",
         "transformers>=4.40",
         "s3fs>=2023.6",
-        "requests>=2.31",
+        "httpx>=0.24",  # the service talks to Label Studio
         "matplotlib>=3.7",
         "psycopg[binary]>=3.1",  # the PostgreSQL queue shared by several `cloud serve` replicas
     ],
@@ -41,6 +41,7 @@ extras = {
         "hypothesis>=6.100",  # property-based tests over hostile Label Studio exports
         "psycopg[binary]>=3.1",  # the queue tests run against a real PostgreSQL too
         "label-studio-sdk>=2.0,<3",  # tests check our exports with Label Studio's own converter
+        "requests>=2.31",  # tests call Label Studio and the Sedna emulator directly
     ],
 }
 extras["all"] = sorted({req for name, reqs in extras.items() if name != "dev" for req in reqs})

@@ -196,7 +196,7 @@ WEBHOOK_SECRET_HEADER = "X-Sedna-Sam-Secret"
 
 class LabelStudioProject:
     """The one Label Studio project the service feeds, through C's
-    :class:`~sedna_sam.labelstudio.client.LabelStudioClient` (retries, clear errors).
+    :class:`~sedna_sam.labelstudio.api.LabelStudioClient` (retries, clear errors).
 
     Made once per process: finds (or creates) the project, connects a local-files storage
     over the dataset's raw_data/ so Label Studio can show the images, registers the

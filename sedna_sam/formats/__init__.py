@@ -1,2 +1,3 @@
 """File formats, one module each, readers beside writers: SSA JSON (ssa), Label Studio
-tasks and exports (labelstudio), TrainIds PNGs (trainids)."""
+polygon results (labelstudio), exports (ls_export) and image references (ls_images),
+TrainIds PNGs (trainids)."""
