@@ -194,6 +194,12 @@ def test_label_studio_unreachable_and_unset():
     assert one(DoctorContext("cloud", env={}), "label-studio").status == FAIL
 
 
+def test_label_studio_without_httpx_is_a_finding(monkeypatch):
+    monkeypatch.setitem(sys.modules, "httpx", None)  # `import httpx` now fails, as without the extra
+    result = one(DoctorContext("cloud", env={}, ls_url="http://127.0.0.1:9"), "label-studio")
+    assert result.status == FAIL and "httpx" in result.detail and "sedna-sam[ls]" in result.fix
+
+
 @pytest.mark.labelstudio
 def test_label_studio_real_server_token(ls_server):
     url, token = ls_server.url, ls_server.token
