@@ -24,7 +24,7 @@ from sedna_sam.labels import LabelSet, labeling_config_xml
 from sedna_sam.labelstudio.backend import BackendAuth, SamBackend, make_backend_server
 from sedna_sam.labelstudio.connect import connect_backend, connect_interactive
 from sedna_sam.labelstudio.image_source import ImageSource
-from sedna_sam.labelstudio.interactive import InteractiveSam, polygon_results, prompt_from_context
+from sedna_sam.labelstudio.interactive import InteractiveSam, mask_polygon_results, prompt_from_context
 from sedna_sam.labelstudio.label_config import Controls, controls_from_config, interactive_labeling_config_xml
 
 LABELS = LabelSet.from_names(["road", "car", "scooter"])
@@ -95,7 +95,7 @@ def reference_mask(sam, image: np.ndarray, points=None, labels=None, box=None) -
 
 
 def percent_polygons(mask: np.ndarray, controls: Controls) -> list[list[list[float]]]:
-    return [r["value"]["points"] for r in polygon_results(mask, "x", controls, min_area_px=4)]
+    return [r["value"]["points"] for r in mask_polygon_results(mask, "x", controls, min_area_px=4)]
 
 
 # --- pure parts ----------------------------------------------------------------------
@@ -116,7 +116,7 @@ def test_polygon_results_are_percent_of_the_image():
     controls = Controls("label", "image", "image", ("car",))
     mask = np.zeros((H, W), bool)
     mask[24:48, 40:120] = True  # x 25%..75%, y 25%..50%
-    (region,) = polygon_results(mask, "car", controls)
+    (region,) = mask_polygon_results(mask, "car", controls)
     assert region["type"] == "polygonlabels" and region["value"]["polygonlabels"] == ["car"]
     assert (region["from_name"], region["to_name"]) == ("label", "image")
     assert (region["original_width"], region["original_height"]) == (W, H)

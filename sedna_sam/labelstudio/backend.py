@@ -45,7 +45,7 @@ import numpy as np
 from sedna_sam.errors import InputError, SednaSamError
 from sedna_sam.httpserver import BoundedHTTPServer, HttpError, JsonHandler
 from sedna_sam.labelstudio.image_source import ImageSource
-from sedna_sam.labelstudio.interactive import InteractiveSam, polygon_results, prompt_from_context
+from sedna_sam.labelstudio.interactive import InteractiveSam, mask_polygon_results, prompt_from_context
 from sedna_sam.labelstudio.label_config import (
     Controls,
     controls_from_config,
@@ -153,7 +153,7 @@ class SamBackend:
             self.multimask,
         )
         label = prompt.label or (controls.labels[0] if controls.labels else "object")
-        result = polygon_results(mask, label, controls, self.tolerance_px, self.min_area_px)
+        result = mask_polygon_results(mask, label, controls, self.tolerance_px, self.min_area_px)
         log.info(
             "task %s: %d points, box=%s -> %d px, iou %.2f, %d polygon(s), %.3fs (%s)",
             task.get("id"),

@@ -2,7 +2,7 @@
 
 Label Studio sends the regions drawn with the smart tools (keypoints, rectangles) in
 percent of the image; :func:`prompt_from_context` turns them into a SAM prompt in pixels,
-:class:`InteractiveSam` answers it with a mask, and :func:`polygon_results` makes the mask
+:class:`InteractiveSam` answers it with a mask, and :func:`mask_polygon_results` makes the mask
 editable ``polygonlabels`` regions. The SAM image embedding (the expensive part: seconds on
 a CPU) is computed once per image and kept in a bounded LRU cache, so every further click
 on that image costs only the mask decoder (milliseconds). The HTTP side is
@@ -95,7 +95,7 @@ def _percent(value: dict, key: str, item: dict, default: float | None = None) ->
     return number
 
 
-def polygon_results(
+def mask_polygon_results(
     mask: np.ndarray,
     label: str,
     controls: Controls,
