@@ -17,9 +17,10 @@ import numpy as np
 import pytest
 from fixtures_cloud import local_service_config, serving
 
-from sedna_sam.cloud import queue as q
+from sedna_sam.cloud import samples as q
 from sedna_sam.cloud.server import SECRET_HEADER
-from sedna_sam.cloud.service import AnnotationService, fetch_sample
+from sedna_sam.cloud.service import AnnotationService
+from sedna_sam.cloud.store import fetch_sample
 from sedna_sam.errors import InputError
 from sedna_sam.images import encode_png
 from sedna_sam.storage import url_filesystem

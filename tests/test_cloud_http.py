@@ -11,7 +11,7 @@ import pytest
 from fixtures_cloud import local_service_config, serving
 from prometheus_client.parser import text_string_to_metric_families
 
-from sedna_sam.cloud import queue as q
+from sedna_sam.cloud import samples as q
 from sedna_sam.cloud.metrics import STAGE_BUCKETS
 from sedna_sam.cloud.server import SECRET_HEADER
 from sedna_sam.cloud.service import AnnotationService

@@ -13,7 +13,7 @@ import pytest
 from fixtures_browser import chromium_page, images_loaded, screenshot
 from fixtures_cloud import local_service_config, serving
 
-from sedna_sam.cloud import queue as q
+from sedna_sam.cloud import samples as q
 from sedna_sam.cloud.status import percentile, queue_summary
 
 SECRET = "status-secret"

@@ -121,8 +121,9 @@ def scrape(url: str) -> set[str]:
 @pytest.mark.slow
 def test_every_dashboard_metric_is_exposed(tmp_path, tiny_segformer_dir, edge_frames, labels):
     """Scrape a real edge worker (frames through it) and a real cloud service."""
+    from sedna_sam.cloud.config import ServiceConfig
     from sedna_sam.cloud.server import serve
-    from sedna_sam.cloud.service import AnnotationService, ServiceConfig
+    from sedna_sam.cloud.service import AnnotationService
 
     frames = edge_frames(tmp_path / "frames", 3, unknown_from=1)
     (tmp_path / "store").mkdir()
@@ -174,7 +175,7 @@ def test_every_dashboard_metric_is_exposed(tmp_path, tiny_segformer_dir, edge_fr
         job_output_dir=str(job),
     )
     service = AnnotationService(config)
-    from sedna_sam.cloud import queue as q
+    from sedna_sam.cloud import samples as q
 
     # one sample all the way to the dataset, so that the flag-to-label times exist
     service.queue.receive("s1", node="edge-7", meta={"frame_time": time.time() - 30})
