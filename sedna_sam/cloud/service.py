@@ -41,7 +41,7 @@ from pathlib import Path
 
 from sedna_sam.cloud import samples as q
 from sedna_sam.cloud.config import ServiceConfig
-from sedna_sam.cloud.metrics import ServiceMetrics
+from sedna_sam.cloud.metrics import Scrape, ServiceMetrics, job_rounds
 from sedna_sam.cloud.queue import default_replica_id, open_queue
 from sedna_sam.cloud.store import fetch_sample, scan_store
 from sedna_sam.errors import SednaSamError, is_connection_error
@@ -76,7 +76,7 @@ class AnnotationService:
         released = self.queue.release_all(self.replica_id)
         if released:
             log.info("replica %s restarted: %d sample(s) it held are free again", self.replica_id, released)
-        self.metrics = ServiceMetrics()
+        self.metrics = ServiceMetrics(scrape=self.scrape)
         self.fault = fault
         self.wake = threading.Event()  # set by the webhook so ingestion runs at once
         self.started_at = time.time()
@@ -110,6 +110,14 @@ class AnnotationService:
     def _at(self, point: str, sample_id: str) -> None:
         if self.fault is not None:
             self.fault(point, sample_id)
+
+    def scrape(self) -> Scrape:
+        """What ``/metrics`` reads at each scrape: the queue, the job's rounds."""
+        from sedna_sam.cloud.status import queue_summary
+
+        summary = queue_summary(self.queue.all_samples())
+        rounds = job_rounds(self.config.job_output_dir)
+        return Scrape(summary.counts, summary.flag_to_label, rounds, up_since=self.started_at)
 
     # -- one pass ---------------------------------------------------------------------
 
