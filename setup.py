@@ -25,6 +25,7 @@ extras = {
         "httpx>=0.24",  # the service talks to Label Studio
         "matplotlib>=3.7",
         "psycopg[binary]>=3.1",  # the PostgreSQL queue shared by several `cloud serve` replicas
+        "prometheus-client>=0.17",  # the service's /metrics
     ],
     "k8s": ["pyyaml>=6", "jsonschema>=4.17"],
     # SAM's mask decoder on onnxruntime (--sam-backend onnx); onnx for torch's exporter

@@ -25,9 +25,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from sedna_sam.cloud import queue as q  # noqa: E402
+from sedna_sam.cloud import samples as q  # noqa: E402
 from sedna_sam.cloud.adapters import build_engine  # noqa: E402
-from sedna_sam.cloud.service import AnnotationService, ServiceConfig  # noqa: E402
+from sedna_sam.cloud.config import PreAnnotationOptions, ServiceConfig  # noqa: E402
+from sedna_sam.cloud.service import AnnotationService  # noqa: E402
 from sedna_sam.labels import cityscapes  # noqa: E402
 
 
@@ -81,7 +82,7 @@ def main() -> int:
         ls_url=args.ls_url or "",
         ls_token=os.environ.get("LABEL_STUDIO_API_KEY") or "",
         project=f"bench cloud {int(time.time())}",
-        annotate={"tiny_random_models": True, "device": "cpu"},
+        pre_annotation=PreAnnotationOptions(tiny_random_models=True, device="cpu"),
         poll_interval_s=0,
         batch=args.n,
     )
@@ -95,7 +96,7 @@ def main() -> int:
 
     # Baseline: the engine alone on the same images (what a script looping annotate_file does).
     from sedna_sam.annotate.engine import annotate_file
-    from sedna_sam.cloud.service import fetch_sample
+    from sedna_sam.cloud.store import fetch_sample
 
     base_dir = work / "baseline"
     images = [

@@ -200,7 +200,7 @@ from pathlib import Path
 from sedna_sam.errors import InputError
 from sedna_sam.images import read_image_rgb
 from sedna_sam.labelstudio.image_source import ImageSource
-from sedna_sam.cloud.service import fetch_sample
+from sedna_sam.cloud.store import fetch_sample
 from sedna_sam.storage import url_filesystem
 work = Path(sys.argv[1])
 bomb = work / "root" / "bomb.png"

@@ -37,6 +37,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from sedna_sam.cloud import queue as q  # noqa: E402
+from sedna_sam.cloud.config import PreAnnotationOptions  # noqa: E402
+from sedna_sam.cloud.samples import PRE_ANNOTATED, RECEIVED  # noqa: E402
 from sedna_sam.labels import cityscapes  # noqa: E402
 
 
@@ -67,7 +69,8 @@ def replica_process(config_kw: dict, threads: int, ready, go, result_queue) -> N
     torch.set_num_threads(threads)
     import numpy as np
 
-    from sedna_sam.cloud.service import AnnotationService, ServiceConfig
+    from sedna_sam.cloud.config import ServiceConfig
+    from sedna_sam.cloud.service import AnnotationService
 
     service = AnnotationService(ServiceConfig(**config_kw))
     service.engine.annotate(np.zeros((64, 128, 3), np.uint8))  # model loaded and warm before the clock
@@ -76,13 +79,13 @@ def replica_process(config_kw: dict, threads: int, ready, go, result_queue) -> N
     done = 0
     service.scan()  # what step() does first; every replica scans, the queue receives each sample once
     while True:
-        claimed = service.queue.claim(q.RECEIVED, service.config.batch, owner=service.replica_id, lease_s=600)
+        claimed = service.queue.claim(RECEIVED, service.config.batch, owner=service.replica_id, lease_s=600)
         if not claimed:
-            if service.queue.counts().get(q.RECEIVED, 0) == 0:
+            if service.queue.counts().get(RECEIVED, 0) == 0:
                 break
             time.sleep(0.05)  # held by the other replica's lease
             continue
-        done += sum(service._run_claimed(q.RECEIVED, s) for s in claimed)
+        done += sum(service._run_claimed(RECEIVED, s) for s in claimed)
     result_queue.put((service.replica_id, done, time.time()))
 
 
@@ -98,7 +101,7 @@ def time_replicas(
         index_path=dataset / "index.txt",
         queue_url=queue_url,
         labels=cityscapes(),
-        annotate={"pre_annotation": "semantic", "semantic_model": str(semantic), "device": "cpu"},
+        pre_annotation=PreAnnotationOptions(kind="semantic", semantic_model=str(semantic), device="cpu"),
         batch=4,
     )
     procs = []
@@ -125,7 +128,7 @@ def time_replicas(
     queue.close()
     wall = end - start
     assert sum(per_replica.values()) == n, f"pre-annotated {per_replica}, expected {n} in all"
-    assert counts.get(q.PRE_ANNOTATED, 0) == n, counts
+    assert counts.get(PRE_ANNOTATED, 0) == n, counts
     return {
         "replicas": replicas,
         "threads_per_replica": threads,
@@ -155,13 +158,13 @@ def time_claims(queue_url: str, n: int, consumers: int) -> dict:
         barrier.wait()
         while True:
             t0 = time.perf_counter()
-            got = queue.claim(q.RECEIVED, 1, owner=owner, lease_s=600)
+            got = queue.claim(RECEIVED, 1, owner=owner, lease_s=600)
             seconds = time.perf_counter() - t0
             if not got:
                 break
             sid = got[0].sample_id
             mine.append((seconds, sid))
-            queue.advance(sid, q.RECEIVED, q.PRE_ANNOTATED)
+            queue.advance(sid, RECEIVED, PRE_ANNOTATED)
             queue.release(sid, owner)
         queue.close()
         with lock:

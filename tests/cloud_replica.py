@@ -243,7 +243,7 @@ class Person:
         self.undelivered += 1
 
     def work_once(self) -> int:
-        from sedna_sam.cloud import queue as q
+        from sedna_sam.cloud import samples as q
 
         done = 0
         for s in self.queue.in_state(q.IN_LABEL_STUDIO):

@@ -8,8 +8,9 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
+from sedna_sam.cloud.config import ServiceConfig
 from sedna_sam.cloud.server import serve
-from sedna_sam.cloud.service import AnnotationService, ServiceConfig
+from sedna_sam.cloud.service import AnnotationService
 
 
 def local_service_config(tmp_path: Path, labels, secret: str, **overrides) -> ServiceConfig:

@@ -17,9 +17,10 @@ import numpy as np
 import pytest
 from fixtures_labelstudio import LabelStudioRest
 
-from sedna_sam.cloud import queue as q
+from sedna_sam.cloud import samples as q
+from sedna_sam.cloud.config import PreAnnotationOptions, ServiceConfig
 from sedna_sam.cloud.server import SECRET_HEADER, serve
-from sedna_sam.cloud.service import FAULT_POINTS, AnnotationService, ServiceConfig
+from sedna_sam.cloud.service import FAULT_POINTS, AnnotationService
 from sedna_sam.formats.trainids import read_trainids
 from sedna_sam.images import encode_png
 from sedna_sam.lifelong.data import read_index
@@ -58,7 +59,6 @@ def ship(store: Path, work: Path, node: str, seed: int) -> str:
 @pytest.fixture(scope="module")
 def cloud_env(ls_server, tmp_path_factory, tiny_annotate_options):
     """Store, dataset under Label Studio's document root, tiny models, Label Studio."""
-    import dataclasses
 
     work = tmp_path_factory.mktemp("cloud")
     run = f"{time.time():.0f}"  # a fresh project even when a Label Studio outlives the session
@@ -73,12 +73,9 @@ def cloud_env(ls_server, tmp_path_factory, tiny_annotate_options):
         "store": work / "store",
         "dataset": dataset,
         "ls": ls_server,
-        "annotate": {
-            "sam_checkpoint": opts.ckpt_path,
-            "semantic_model": opts.semantic_model,
-            "device": "cpu",
-            "sam": dataclasses.asdict(opts.sam),
-        },
+        "pre_annotation": PreAnnotationOptions(
+            sam_checkpoint=opts.ckpt_path, semantic_model=opts.semantic_model, device="cpu", sam=opts.sam
+        ),
     }
     env.undo()
 
@@ -94,7 +91,7 @@ def make_config(env, labels, name: str, **overrides) -> ServiceConfig:
         ls_token=env["ls"].token,
         project=f"cloud {name} {env['run']}",
         webhook_secret=SECRET,
-        annotate=env["annotate"],
+        pre_annotation=env["pre_annotation"],
         poll_interval_s=3600,
         backoff_s=0,
         push_settle_s=0,  # the simulated crash comes after Label Studio answered: nothing is in flight

@@ -6,9 +6,7 @@ answered; oversized bodies get 413 and absurd payloads 400, quickly."""
 from __future__ import annotations
 
 import hashlib
-import http.client
 import json
-import socket
 import threading
 import time
 from pathlib import Path
@@ -16,10 +14,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 from fixtures_cloud import local_service_config, serving
+from fixtures_http import http_call, raw_exchange
 
-from sedna_sam.cloud import queue as q
+from sedna_sam.cloud import samples as q
 from sedna_sam.cloud.server import SECRET_HEADER
-from sedna_sam.cloud.service import AnnotationService, fetch_sample
+from sedna_sam.cloud.service import AnnotationService
+from sedna_sam.cloud.store import fetch_sample
 from sedna_sam.errors import InputError
 from sedna_sam.images import encode_png
 from sedna_sam.storage import url_filesystem
@@ -120,12 +120,10 @@ def hook(task_id, annotation_id, updated_at="2026-11-01T10:00:00Z") -> dict:
 
 
 def post(port: int, body: bytes, headers: dict | None = None, timeout: float = 30) -> tuple[int, str]:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
-    conn.request("POST", "/webhook", body=body, headers={SECRET_HEADER: SECRET, **(headers or {})})
-    resp = conn.getresponse()
-    text = resp.read().decode()
-    conn.close()
-    return resp.status, text
+    status, payload = http_call(
+        "127.0.0.1", port, "POST", "/webhook", body, {SECRET_HEADER: SECRET, **(headers or {})}, timeout
+    )
+    return status, payload.decode()
 
 
 def test_100_concurrent_webhook_deliveries_are_all_answered(running):
@@ -158,18 +156,7 @@ def test_100_concurrent_webhook_deliveries_are_all_answered(running):
 
 
 def _raw(port: int, data: bytes) -> bytes:
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
-        sock.sendall(data)
-        chunks = []
-        while True:
-            try:
-                chunk = sock.recv(65536)
-            except (ConnectionResetError, TimeoutError):
-                break
-            if not chunk:
-                break
-            chunks.append(chunk)
-    return b"".join(chunks)
+    return raw_exchange("127.0.0.1", port, data)
 
 
 def test_oversized_and_absurd_webhooks_get_clean_answers(running):

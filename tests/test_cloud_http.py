@@ -4,14 +4,13 @@ Prometheus client's own parser), and /webhook's shared-secret check."""
 from __future__ import annotations
 
 import json
-import urllib.error
-import urllib.request
 
 import pytest
 from fixtures_cloud import local_service_config, serving
+from fixtures_http import fetch
 from prometheus_client.parser import text_string_to_metric_families
 
-from sedna_sam.cloud import queue as q
+from sedna_sam.cloud import samples as q
 from sedna_sam.cloud.metrics import STAGE_BUCKETS
 from sedna_sam.cloud.server import SECRET_HEADER
 from sedna_sam.cloud.service import AnnotationService
@@ -28,13 +27,7 @@ def running(tmp_path, labels):
 
 
 def request(url, body=None, headers=None, method=None):
-    data = None if body is None else json.dumps(body).encode()
-    req = urllib.request.Request(url, data=data, headers=headers or {}, method=method)
-    try:
-        with urllib.request.urlopen(req, timeout=10) as resp:
-            return resp.status, resp.headers, resp.read().decode()
-    except urllib.error.HTTPError as err:
-        return err.code, err.headers, err.read().decode()
+    return fetch(url, None if body is None else json.dumps(body).encode(), headers, method)
 
 
 def hook(task_id, annotation_id, updated_at, action="ANNOTATION_CREATED"):

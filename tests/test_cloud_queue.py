@@ -14,6 +14,16 @@ import time
 import pytest
 
 from sedna_sam.cloud import queue as q
+from sedna_sam.cloud import queue_sqlite, queue_store
+from sedna_sam.cloud.samples import (
+    ALL_STATES,
+    FAILED,
+    IN_LABEL_STUDIO,
+    INGESTED,
+    LABELLED,
+    PRE_ANNOTATED,
+    RECEIVED,
+)
 from sedna_sam.errors import SednaSamError
 
 
@@ -38,64 +48,62 @@ def test_file_is_sqlite_in_wal_mode(tmp_path):
 def test_happy_path_and_reopen(queue):
     assert queue.receive("a", node="n1", meta={"score": 0.9})
     assert not queue.receive("a", node="n1")  # second delivery: nothing new
-    assert queue.advance("a", q.RECEIVED, q.PRE_ANNOTATED, image_path="/d/raw_data/a.png")
-    assert not queue.advance("a", q.RECEIVED, q.PRE_ANNOTATED)  # already done: no-op
+    assert queue.advance("a", RECEIVED, PRE_ANNOTATED, image_path="/d/raw_data/a.png")
+    assert not queue.advance("a", RECEIVED, PRE_ANNOTATED)  # already done: no-op
     assert queue.set_task("a", 41)
     assert not queue.set_task("a", 42)  # a second, different task id is refused
-    assert queue.advance("a", q.PRE_ANNOTATED, q.IN_LABEL_STUDIO)
+    assert queue.advance("a", PRE_ANNOTATED, IN_LABEL_STUDIO)
     queue.close()
 
     again = q.open_queue(queue.url)
     s = again.get("a")
     assert (s.state, s.ls_task_id, s.image_path, s.meta) == (
-        q.IN_LABEL_STUDIO,
+        IN_LABEL_STUDIO,
         41,
         "/d/raw_data/a.png",
         {"score": 0.9},
     )
     assert again.by_task(41).sample_id == "a"
-    assert again.counts() == {**dict.fromkeys(q.ALL_STATES, 0), q.IN_LABEL_STUDIO: 1}
-    assert again.known_ids() == {"a"} and [x.sample_id for x in again.in_state(q.IN_LABEL_STUDIO)] == ["a"]
+    assert again.counts() == {**dict.fromkeys(ALL_STATES, 0), IN_LABEL_STUDIO: 1}
+    assert again.known_ids() == {"a"} and [x.sample_id for x in again.in_state(IN_LABEL_STUDIO)] == ["a"]
     again.close()
 
 
 def test_labelled_is_idempotent_and_updates_reopen_ingested(queue):
     queue.receive("a")
-    queue.advance("a", q.RECEIVED, q.PRE_ANNOTATED)
+    queue.advance("a", RECEIVED, PRE_ANNOTATED)
     queue.set_task("a", 7)
-    queue.advance("a", q.PRE_ANNOTATED, q.IN_LABEL_STUDIO)
+    queue.advance("a", PRE_ANNOTATED, IN_LABEL_STUDIO)
     assert queue.mark_labelled(999, 1, "t1") == "unknown-task"
-    assert queue.mark_labelled(7, 1, "t1") == q.LABELLED
+    assert queue.mark_labelled(7, 1, "t1") == LABELLED
     assert queue.mark_labelled(7, 1, "t1") == "unchanged"  # the same webhook twice
     # Ingest only if the annotation is still the version the work was done for.
-    assert not queue.advance("a", q.LABELLED, q.INGESTED, expect={"annotation_at": "t0"})
-    assert queue.advance(
-        "a", q.LABELLED, q.INGESTED, expect={"annotation_at": "t1"}, ingested_annotation_at="t1"
-    )
+    assert not queue.advance("a", LABELLED, INGESTED, expect={"annotation_at": "t0"})
+    assert queue.advance("a", LABELLED, INGESTED, expect={"annotation_at": "t1"}, ingested_annotation_at="t1")
     assert queue.mark_labelled(7, 1, "t1") == "unchanged"
-    assert queue.mark_labelled(7, 1, "t2") == q.LABELLED  # the person corrected it again
+    assert queue.mark_labelled(7, 1, "t2") == LABELLED  # the person corrected it again
     s = queue.get("a")
-    assert (s.state, s.annotation_at, s.ingested_annotation_at) == (q.LABELLED, "t2", "t1")
+    assert (s.state, s.annotation_at, s.ingested_annotation_at) == (LABELLED, "t2", "t1")
     # A condition on a column that is NULL matches NULL (null-safe equality on both backends).
     queue.receive("b")
-    assert queue.advance("b", q.RECEIVED, q.PRE_ANNOTATED, expect={"annotation_at": None, "ls_task_id": None})
+    assert queue.advance("b", RECEIVED, PRE_ANNOTATED, expect={"annotation_at": None, "ls_task_id": None})
 
 
 def test_failures_back_off_then_fail_and_retry(queue):
     queue.receive("a")
-    s = queue.record_failure("a", q.RECEIVED, "boom 1", max_attempts=3, backoff_s=100)
-    assert (s.state, s.attempts, s.last_error) == (q.RECEIVED, 1, "boom 1")
-    assert queue.claim(q.RECEIVED) == []  # backing off
-    assert [x.sample_id for x in queue.claim(q.RECEIVED, now=s.next_attempt_at + 1)] == ["a"]
-    queue.record_failure("a", q.RECEIVED, "boom 2", max_attempts=3)
-    s = queue.record_failure("a", q.RECEIVED, "boom 3\x00", max_attempts=3)  # a NUL is dropped, not fatal
-    assert (s.state, s.failed_from, s.attempts) == (q.FAILED, q.RECEIVED, 3)
+    s = queue.record_failure("a", RECEIVED, "boom 1", max_attempts=3, backoff_s=100)
+    assert (s.state, s.attempts, s.last_error) == (RECEIVED, 1, "boom 1")
+    assert queue.claim(RECEIVED) == []  # backing off
+    assert [x.sample_id for x in queue.claim(RECEIVED, now=s.next_attempt_at + 1)] == ["a"]
+    queue.record_failure("a", RECEIVED, "boom 2", max_attempts=3)
+    s = queue.record_failure("a", RECEIVED, "boom 3\x00", max_attempts=3)  # a NUL is dropped, not fatal
+    assert (s.state, s.failed_from, s.attempts) == (FAILED, RECEIVED, 3)
     assert [e.last_error for e in queue.last_errors()] == ["boom 3"]
-    assert queue.record_failure("a", q.RECEIVED, "late", max_attempts=3) is None  # not in that state
+    assert queue.record_failure("a", RECEIVED, "late", max_attempts=3) is None  # not in that state
     assert queue.retry() == 1
     s = queue.get("a")
-    assert (s.state, s.attempts) == (q.RECEIVED, 0)
-    assert queue.advance("a", q.RECEIVED, q.PRE_ANNOTATED)
+    assert (s.state, s.attempts) == (RECEIVED, 0)
+    assert queue.advance("a", RECEIVED, PRE_ANNOTATED)
     assert queue.get("a").last_error is None
 
 
@@ -104,7 +112,7 @@ def test_concurrent_threads_move_a_sample_once(queue):
     wins = []
 
     def mover():
-        wins.append(queue.advance("a", q.RECEIVED, q.PRE_ANNOTATED))
+        wins.append(queue.advance("a", RECEIVED, PRE_ANNOTATED))
 
     threads = [threading.Thread(target=mover) for _ in range(8)]
     for t in threads:
@@ -121,25 +129,25 @@ def test_claims_are_leases_that_expire_renew_and_end(queue):
     for sid in ("a", "b", "c"):
         queue.receive(sid)
     now = time.time()
-    first = queue.claim(q.RECEIVED, 2, now=now, owner="r1", lease_s=60)
+    first = queue.claim(RECEIVED, 2, now=now, owner="r1", lease_s=60)
     assert [s.sample_id for s in first] == ["a", "b"]
     assert {(s.lease_owner, round(s.lease_until - now)) for s in first} == {("r1", 60)}
-    assert [s.sample_id for s in queue.claim(q.RECEIVED, 5, now=now, owner="r2", lease_s=60)] == ["c"]
-    assert queue.claim(q.RECEIVED, 5, now=now, owner="r3") == []  # all leased
+    assert [s.sample_id for s in queue.claim(RECEIVED, 5, now=now, owner="r2", lease_s=60)] == ["c"]
+    assert queue.claim(RECEIVED, 5, now=now, owner="r3") == []  # all leased
     assert queue.leases(now) == {"r1": 2, "r2": 1}
 
     # r1 still holds a: renewing returns the row as it is now; r2 cannot renew r1's sample.
-    assert queue.renew("a", q.RECEIVED, "r1", lease_s=60).lease_owner == "r1"
-    assert queue.renew("a", q.RECEIVED, "r2") is None
-    assert queue.renew("a", q.PRE_ANNOTATED, "r1") is None  # not in that state
+    assert queue.renew("a", RECEIVED, "r1", lease_s=60).lease_owner == "r1"
+    assert queue.renew("a", RECEIVED, "r2") is None
+    assert queue.renew("a", PRE_ANNOTATED, "r1") is None  # not in that state
 
     # r1 dies; after its lease, r3 takes its samples and r1 (back) cannot renew them.
     later = time.time() + 61
-    assert sorted(s.sample_id for s in queue.claim(q.RECEIVED, 5, now=later, owner="r3")) == ["a", "b", "c"]
-    assert queue.renew("b", q.RECEIVED, "r1") is None
+    assert sorted(s.sample_id for s in queue.claim(RECEIVED, 5, now=later, owner="r3")) == ["a", "b", "c"]
+    assert queue.renew("b", RECEIVED, "r1") is None
 
     # A transition ends the lease; so do release and a restart under the same id.
-    assert queue.advance("a", q.RECEIVED, q.PRE_ANNOTATED)
+    assert queue.advance("a", RECEIVED, PRE_ANNOTATED)
     assert queue.get("a").lease_owner is None
     assert queue.release("b", "r3") and not queue.release("b", "r3")
     assert queue.release_all("r3") == 1  # c
@@ -151,22 +159,22 @@ def test_a_new_annotation_keeps_the_ingesting_replicas_lease(queue):
     for that replica (whose transition then fails on the version) instead of a second
     replica writing the same label file at the same time."""
     queue.receive("a")
-    queue.advance("a", q.RECEIVED, q.PRE_ANNOTATED)
+    queue.advance("a", RECEIVED, PRE_ANNOTATED)
     queue.set_task("a", 5)
-    queue.advance("a", q.PRE_ANNOTATED, q.IN_LABEL_STUDIO)
+    queue.advance("a", PRE_ANNOTATED, IN_LABEL_STUDIO)
     queue.mark_labelled(5, 1, "t1")
-    (claimed,) = queue.claim(q.LABELLED, owner="r1")
-    assert queue.mark_labelled(5, 1, "t2") == q.LABELLED
-    assert queue.claim(q.LABELLED, owner="r2") == []
+    (claimed,) = queue.claim(LABELLED, owner="r1")
+    assert queue.mark_labelled(5, 1, "t2") == LABELLED
+    assert queue.claim(LABELLED, owner="r2") == []
     assert not queue.advance(
         "a",
-        q.LABELLED,
-        q.INGESTED,
+        LABELLED,
+        INGESTED,
         expect={"annotation_at": claimed.annotation_at},
         ingested_annotation_at="t1",
     )
     queue.release("a", "r1")
-    (again,) = queue.claim(q.LABELLED, owner="r2")
+    (again,) = queue.claim(LABELLED, owner="r2")
     assert again.annotation_at == "t2"
 
 
@@ -182,7 +190,7 @@ def test_concurrent_claimers_take_disjoint_samples(queue):
         mine: list[str] = []
         start.wait()
         while True:
-            batch = queue.claim(q.RECEIVED, 4, owner=name)
+            batch = queue.claim(RECEIVED, 4, owner=name)
             if not batch:
                 break
             mine += [s.sample_id for s in batch]
@@ -289,7 +297,7 @@ def test_a_lock_dies_with_its_killed_holder(queue):
 
 
 def test_schema_is_versioned_and_a_newer_one_is_refused(queue):
-    latest = len(q.SQLITE_MIGRATIONS)
+    latest = len(queue_sqlite.SQLITE_MIGRATIONS)
     assert queue.schema_version() == latest
     q.open_queue(queue.url).close()  # reopening migrates nothing
     assert queue.schema_version() == latest
@@ -306,7 +314,7 @@ def test_a_queue_made_before_versioning_is_migrated(tmp_path):
     opens with its samples intact and gains the new columns."""
     path = tmp_path / "old.sqlite"
     db = sqlite3.connect(path)
-    db.executescript(q.SQLITE_MIGRATIONS[0][0] + ";")
+    db.executescript(queue_sqlite.SQLITE_MIGRATIONS[0][0] + ";")
     db.execute(
         "INSERT INTO samples (sample_id, node, state, image_path, created_at, updated_at, ls_task_id) "
         "VALUES ('old', 'n1', 'in_label_studio', '/d/raw_data/old.png', 1, 2, 17)"
@@ -318,10 +326,10 @@ def test_a_queue_made_before_versioning_is_migrated(tmp_path):
     db.commit()
     db.close()
     queue = q.open_queue(f"sqlite:///{path}")
-    assert queue.schema_version() == len(q.SQLITE_MIGRATIONS)
+    assert queue.schema_version() == len(queue_sqlite.SQLITE_MIGRATIONS)
     s = queue.get("old")
-    assert (s.state, s.ls_task_id, s.lease_owner, s.lease_until) == (q.IN_LABEL_STUDIO, 17, None, 0.0)
-    assert [x.sample_id for x in queue.claim(q.IN_LABEL_STUDIO, owner="r1")] == ["old"]
+    assert (s.state, s.ls_task_id, s.lease_owner, s.lease_until) == (IN_LABEL_STUDIO, 17, None, 0.0)
+    assert [x.sample_id for x in queue.claim(IN_LABEL_STUDIO, owner="r1")] == ["old"]
     assert queue.get("mid-push").push_started_at == 3  # its push looks for a task first
     assert queue.begin_push("mid-push") == 3
 
@@ -341,8 +349,8 @@ def test_a_postgresql_queue_at_version_1_is_migrated(pg_url):
             "VALUES ('old', 'received', '', 1, 1)"
         )
     queue = q.open_queue(pg_url)
-    assert queue.schema_version() == len(PG_MIGRATIONS) == len(q.SQLITE_MIGRATIONS)
-    assert [s.sample_id for s in queue.claim(q.RECEIVED, owner="r1")] == ["old"]
+    assert queue.schema_version() == len(PG_MIGRATIONS) == len(queue_sqlite.SQLITE_MIGRATIONS)
+    assert [s.sample_id for s in queue.claim(RECEIVED, owner="r1")] == ["old"]
     queue.close()
 
 
@@ -362,22 +370,22 @@ def test_replicas_starting_together_migrate_once(pg_url):
         t.join()
     assert errors == [] and len(queues) == 6
     rows = queues[0]._read("SELECT version FROM schema_version ORDER BY version")
-    assert [r[0] for r in rows] == list(range(1, len(q.SQLITE_MIGRATIONS) + 1))
+    assert [r[0] for r in rows] == list(range(1, len(queue_sqlite.SQLITE_MIGRATIONS) + 1))
     for opened in queues:
         opened.close()
 
 
 def test_database_urls(tmp_path):
-    assert q.sqlite_path("sqlite:////abs/q.sqlite").as_posix() == "/abs/q.sqlite"
-    assert q.sqlite_path("sqlite:///rel/q.sqlite").as_posix() == "rel/q.sqlite"
+    assert queue_sqlite.sqlite_path("sqlite:////abs/q.sqlite").as_posix() == "/abs/q.sqlite"
+    assert queue_sqlite.sqlite_path("sqlite:///rel/q.sqlite").as_posix() == "rel/q.sqlite"
     assert q.url_scheme("postgresql+psycopg://u@db/x") == "postgresql" and q.url_scheme("/a/b") == "sqlite"
-    assert q.redact_url("postgresql://sam:s3cr%40t@db:5432/sedna?sslmode=require") == (
+    assert queue_store.redact_url("postgresql://sam:s3cr%40t@db:5432/sedna?sslmode=require") == (
         "postgresql://sam:***@db:5432/sedna?sslmode=require"
     )
-    assert q.redact_url("postgresql://db/sedna?user=sam&password=s3cret") == (
+    assert queue_store.redact_url("postgresql://db/sedna?user=sam&password=s3cret") == (
         "postgresql://db/sedna?user=sam&password=***"
     )
-    assert q.redact_url("sqlite:////data/q.sqlite") == "sqlite:////data/q.sqlite"
+    assert queue_store.redact_url("sqlite:////data/q.sqlite") == "sqlite:////data/q.sqlite"
     with pytest.raises(SednaSamError, match="unknown queue database"):
         q.open_queue("mysql://db/x")
 
@@ -389,7 +397,7 @@ def test_an_unreachable_database_is_named_without_its_password():
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     pytest.importorskip("psycopg")
-    with pytest.raises(q.QueueUnavailable) as caught:
+    with pytest.raises(queue_store.QueueUnavailable) as caught:
         q.open_queue(f"postgresql://sam:hunter2secret@127.0.0.1:{port}/sedna")
     message = str(caught.value)
     assert "hunter2secret" not in message and f"postgresql://sam:***@127.0.0.1:{port}/sedna" in message

@@ -26,6 +26,7 @@ from cloud_replica import KILL_PLAN_ENV, WORK_LOG_ENV, Person, ReplicaPool, writ
 from fixtures_labelstudio import LabelStudioRest
 
 from sedna_sam.cloud import queue as q
+from sedna_sam.cloud.samples import FAILED, INGESTED
 from sedna_sam.cloud.server import SECRET_HEADER
 from sedna_sam.cloud.service import FAULT_POINTS
 from sedna_sam.lifelong.data import read_index
@@ -143,7 +144,7 @@ def check_end_state(cluster: Cluster, sample_ids: list[str]) -> dict[str, int]:
     images = {}
     for sid in sample_ids:
         s = queue.get(sid)
-        assert s is not None and s.state == q.INGESTED, (sid, s and (s.state, s.last_error))
+        assert s is not None and s.state == INGESTED, (sid, s and (s.state, s.last_error))
         images[sid] = Path(s.image_path)
         assert (cluster.dataset / "train_ids" / f"{sid}_TrainIds.png").is_file()
     tasks = cluster.rest.project_tasks(cluster.project_id())
@@ -169,7 +170,7 @@ def test_kill_9_a_replica_at_each_fault_point(cluster, point):
     write_kill_plan(cluster.plan, {sample_id: point})  # before the sample exists anywhere
     ship(cluster.store, cluster.work, "edge-fault", [(sample_id, data)])
     person = Person(cluster.rest, cluster.queue, cluster.pool, SECRET, SECRET_HEADER)
-    done = lambda: (s := cluster.queue.get(sample_id)) is not None and s.state == q.INGESTED  # noqa: E731
+    done = lambda: (s := cluster.queue.get(sample_id)) is not None and s.state == INGESTED  # noqa: E731
     cluster.drive(person, done, timeout_s=120)
     assert (cluster.plan.with_name(f"killed-{sample_id}")).exists(), "no replica reached the fault point"
     check_end_state(cluster, [sample_id])
@@ -209,7 +210,7 @@ def test_200_samples_3_replicas_random_kill_9(cluster):
     assert kills >= 3, f"only {kills} kills happened in {seconds:.0f} s"
     runs = check_end_state(cluster, ids)
     assert sum(runs[sid] for sid in ids) >= len(ids) - kills  # at most one lost record per kill
-    assert cluster.queue.counts()[q.FAILED] == 0
+    assert cluster.queue.counts()[FAILED] == 0
     print(
         f"200 samples, {N_REPLICAS} replicas, {kills} kill -9, {seconds:.0f} s; "
         f"webhooks delivered {person.delivered}, left to polling {person.undelivered}"
@@ -218,6 +219,6 @@ def test_200_samples_3_replicas_random_kill_9(cluster):
 
 def _all_ingested(cluster: Cluster, ids: list[str]) -> bool:
     rows = cluster.queue._read(
-        "SELECT COUNT(*) FROM samples WHERE state = ? AND sample_id = ANY(?)", (q.INGESTED, ids)
+        "SELECT COUNT(*) FROM samples WHERE state = ? AND sample_id = ANY(?)", (INGESTED, ids)
     )
     return rows[0][0] == len(ids)

@@ -6,14 +6,13 @@ from __future__ import annotations
 
 import json
 import time
-import urllib.error
-import urllib.request
 
 import pytest
 from fixtures_browser import chromium_page, images_loaded, screenshot
 from fixtures_cloud import local_service_config, serving
+from fixtures_http import fetch
 
-from sedna_sam.cloud import queue as q
+from sedna_sam.cloud import samples as q
 from sedna_sam.cloud.status import percentile, queue_summary
 
 SECRET = "status-secret"
@@ -95,11 +94,8 @@ def service_with_samples(tmp_path, labels):
 
 
 def get(url: str) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(url, timeout=10) as resp:
-            return resp.status, resp.read().decode()
-    except urllib.error.HTTPError as err:
-        return err.code, err.read().decode()
+    status, _, text = fetch(url)
+    return status, text
 
 
 def test_status_page_needs_the_secret_and_shows_the_queue(service_with_samples):

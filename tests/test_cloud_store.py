@@ -10,8 +10,10 @@ from pathlib import Path
 
 import numpy as np
 
-from sedna_sam.cloud import queue as q
-from sedna_sam.cloud.service import AnnotationService, ServiceConfig, fetch_sample, scan_store
+from sedna_sam.cloud import samples as q
+from sedna_sam.cloud.config import ServiceConfig
+from sedna_sam.cloud.service import AnnotationService
+from sedna_sam.cloud.store import fetch_sample, scan_store
 from sedna_sam.errors import InputError
 from sedna_sam.images import encode_png
 from sedna_sam.storage import url_filesystem

@@ -9,7 +9,6 @@ it gets, so "nothing reached it" is observed, not assumed."""
 from __future__ import annotations
 
 import base64
-import http.client
 import json
 import socket
 import threading
@@ -18,6 +17,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
 import pytest
+from fixtures_http import http_call, raw_exchange
 
 from sedna_sam.errors import InputError, SednaSamError
 from sedna_sam.images import encode_png, write_png
@@ -112,13 +112,11 @@ def call(
     address: str, method: str, path: str, body=None, headers=None, raw: bytes | None = None
 ) -> tuple[int, dict]:
     host, port = address.split(":")
-    conn = http.client.HTTPConnection(host, int(port), timeout=20)
     data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
-    conn.request(method, path, body=data, headers={"Content-Type": "application/json", **(headers or {})})
-    resp = conn.getresponse()
-    payload = resp.read()
-    conn.close()
-    return resp.status, (json.loads(payload) if payload else {})
+    status, payload = http_call(
+        host, port, method, path, data, {"Content-Type": "application/json", **(headers or {})}
+    )
+    return status, (json.loads(payload) if payload else {})
 
 
 def click(image: str, project: str = "3.1") -> dict:
@@ -292,18 +290,7 @@ def test_label_studio_redirects_are_not_followed_and_sizes_are_capped(recorders)
 
 def _raw(address: str, data: bytes, read_timeout: float = 10.0) -> bytes:
     host, port = address.split(":")
-    with socket.create_connection((host, int(port)), timeout=read_timeout) as sock:
-        sock.sendall(data)
-        chunks = []
-        while True:
-            try:
-                chunk = sock.recv(65536)
-            except (ConnectionResetError, TimeoutError):
-                break
-            if not chunk:
-                break
-            chunks.append(chunk)
-        return b"".join(chunks)
+    return raw_exchange(host, port, data, read_timeout)
 
 
 def test_request_bodies_are_bounded(backend, tmp_path):

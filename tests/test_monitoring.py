@@ -12,13 +12,16 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 import urllib.request
 from pathlib import Path
 
 import pytest
 import yaml
+from fixtures_cloud import local_service_config, serving
+from fixtures_http import fetch
+
+from sedna_sam.cloud import samples as q
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPONENT = ROOT / "manifests" / "components" / "monitoring"
@@ -110,19 +113,27 @@ def dashboard_metric_names() -> set[str]:
     return {name for e in exprs for name in re.findall(r"\bsedna_sam_[a-z0-9_]+", e)}
 
 
-def scrape(url: str) -> set[str]:
+def scrape(url: str) -> dict[tuple, float]:
+    """{(sample name, sorted labels): value} of one scrape of ``url``."""
     from prometheus_client.parser import text_string_to_metric_families
 
-    with urllib.request.urlopen(url, timeout=10) as resp:
-        text = resp.read().decode()
-    return {s.name for f in text_string_to_metric_families(text) for s in f.samples}
+    status, _, text = fetch(url)
+    assert status == 200, text[:500]
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for f in text_string_to_metric_families(text)
+        for s in f.samples
+    }
+
+
+def sample_names(url: str) -> set[str]:
+    return {name for name, _ in scrape(url)}
 
 
 @pytest.mark.slow
 def test_every_dashboard_metric_is_exposed(tmp_path, tiny_segformer_dir, edge_frames, labels):
     """Scrape a real edge worker (frames through it) and a real cloud service."""
-    from sedna_sam.cloud.server import serve
-    from sedna_sam.cloud.service import AnnotationService, ServiceConfig
+    from sedna_sam.cloud.service import AnnotationService
 
     frames = edge_frames(tmp_path / "frames", 3, unknown_from=1)
     (tmp_path / "store").mkdir()
@@ -146,7 +157,7 @@ def test_every_dashboard_metric_is_exposed(tmp_path, tiny_segformer_dir, edge_fr
             except OSError:
                 text = ""
             if 'sedna_sam_edge_frames_total{node="edge-7",result="ok"} 3.0' in text:
-                edge_names = scrape(f"http://127.0.0.1:{port}/metrics")
+                edge_names = sample_names(f"http://127.0.0.1:{port}/metrics")
                 break
             assert edge.poll() is None, log.read_text()[-3000:]
             time.sleep(0.5)
@@ -163,46 +174,18 @@ def test_every_dashboard_metric_is_exposed(tmp_path, tiny_segformer_dir, edge_fr
     (job / "eval" / "1" / "gate.json").write_text(
         json.dumps({"accept": True, "candidate": "m1", "backward_transfer": 0.01, "reasons": []})
     )
-    config = ServiceConfig(
-        store=str(tmp_path / "store"),
-        dataset_dir=tmp_path / "dataset",
-        index_path=tmp_path / "dataset" / "index.txt",
-        queue_url=f"sqlite:///{tmp_path}/queue.sqlite",
-        labels=labels,
-        webhook_secret="s3cret",
-        poll_interval_s=3600,
-        job_output_dir=str(job),
-    )
-    service = AnnotationService(config)
-    from sedna_sam.cloud import queue as q
-
+    service = AnnotationService(local_service_config(tmp_path, labels, "s3cret", job_output_dir=str(job)))
     # one sample all the way to the dataset, so that the flag-to-label times exist
     service.queue.receive("s1", node="edge-7", meta={"frame_time": time.time() - 30})
     for a, b in zip(q.STATES, q.STATES[1:]):
         service.queue.advance("s1", a, b)
-    stop, ready, box = threading.Event(), threading.Event(), {}
-
-    def on_ready(server):
-        box["url"] = f"http://127.0.0.1:{server.server_address[1]}"
-        ready.set()
-
-    thread = threading.Thread(
-        target=serve,
-        args=(service, "127.0.0.1", 0),
-        kwargs={"interval_s": 3600, "stop": stop, "ready": on_ready},
-    )
-    thread.start()
-    try:
-        assert ready.wait(10)
+    with serving(service, interval_s=3600) as cloud_port:
+        url = f"http://127.0.0.1:{cloud_port}/metrics"
         service.metrics.observe("pre_annotate", 1.0, ok=True)
         service.metrics.observe("push", 0.1, ok=False)
-        cloud_names = scrape(box["url"] + "/metrics")
-        text = urllib.request.urlopen(box["url"] + "/metrics", timeout=10).read().decode()
-        assert 'sedna_sam_round_miou{round="1",domain="new"} 0.41' in text
-        assert 'sedna_sam_round_deployed{round="1"} 1' in text
-    finally:
-        stop.set()
-        service.wake.set()
-        thread.join(10)
+        cloud_names = sample_names(url)
+        values = scrape(url)
+        assert values[("sedna_sam_round_miou", (("domain", "new"), ("round", "1")))] == 0.41
+        assert values[("sedna_sam_round_deployed", (("round", "1"),))] == 1
     missing = sorted(dashboard_metric_names() - edge_names - cloud_names)
     assert not missing, f"the dashboard queries metrics nobody exposes: {missing}"

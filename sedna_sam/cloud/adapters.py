@@ -13,10 +13,14 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sedna_sam.registry import Registry
 from sedna_sam.storage import DatasetLayout, atomic_write_json
+
+if TYPE_CHECKING:
+    from sedna_sam.annotate.engine import AnnotateOptions
+    from sedna_sam.cloud.config import ServiceConfig
 
 log = logging.getLogger(__name__)
 
@@ -32,53 +36,62 @@ DEFAULT_SEMANTIC_MODEL = "nvidia/segformer-b5-finetuned-cityscapes-1024-1024"  #
 PRE_ANNOTATIONS: Registry[Any] = Registry("pre-annotation")
 
 
-def build_engine(config):
-    """The pre-annotation engine chosen by ``config.annotate["pre_annotation"]`` (default
-    ``sam``: SAM + semantic voting; ``semantic``: the semantic model alone)."""
-    kind = (config.annotate or {}).get("pre_annotation") or "sam"
-    return PRE_ANNOTATIONS.create(kind, config=config)
+def build_engine(config: ServiceConfig):
+    """The pre-annotation engine chosen by ``config.pre_annotation.kind`` (default ``sam``:
+    SAM + semantic voting; ``semantic``: the semantic model alone)."""
+    return PRE_ANNOTATIONS.create(config.pre_annotation.kind or "sam", config=config)
 
 
-@PRE_ANNOTATIONS.register("sam")
-def build_sam_engine(config):
-    """B's :class:`~sedna_sam.annotate.engine.Annotator` from ``config.annotate``:
-    ``sam_checkpoint``, ``sam_model``, ``semantic_model``, ``device``, ``models_dir``,
-    ``sam`` (SamParams overrides), ``tiny_random_models`` (the tiny random-weight SAM and
-    Segformer of ``sedna-sam demo``, built once under ``<dataset>/.tiny-models``)."""
+def tiny_models_dir(config: ServiceConfig) -> Path:
+    """Where ``tiny_random_models`` are built: under the dataset, once."""
+    return Path(config.dataset_dir) / ".tiny-models" / "models"
 
-    from sedna_sam.annotate.engine import AnnotateOptions, Annotator
+
+def sam_annotate_options(config: ServiceConfig) -> AnnotateOptions:
+    """``config.pre_annotation`` resolved into what ``annotate`` builds its engine from:
+    the SAM checkpoint given, else the tiny random-weight models (``tiny_random_models``,
+    built under the dataset; also their SAM parameters unless ``sam`` is given), else the
+    models directory's vit_h; the semantic model given, else SSA's Cityscapes Segformer."""
+    from sedna_sam.annotate.engine import AnnotateOptions
     from sedna_sam.annotate.sam import sam_params
     from sedna_sam.errors import SednaSamError
     from sedna_sam.models import CHECKPOINTS
 
-    opts = dict(config.annotate or {})
-    overrides = dict(opts.get("sam") or {})
-    ckpt, semantic = opts.get("sam_checkpoint"), opts.get("semantic_model")
-    if opts.get("tiny_random_models") and not (ckpt and semantic):
+    opts = config.pre_annotation
+    params = opts.sam
+    ckpt, semantic = opts.sam_checkpoint, opts.semantic_model
+    if opts.tiny_random_models and not (ckpt and semantic):
         from sedna_sam.models import tiny_random_models
 
         log.warning("--tiny-random-models: RANDOM-weight SAM and Segformer, the pre-annotations mean nothing")
-        tiny_ckpt, tiny_semantic, tiny_overrides = tiny_random_models(
-            Path(config.dataset_dir) / ".tiny-models" / "models", config.labels
-        )
+        tiny_ckpt, tiny_semantic, tiny_overrides = tiny_random_models(tiny_models_dir(config), config.labels)
         ckpt, semantic = ckpt or tiny_ckpt, semantic or tiny_semantic
-        overrides = {**tiny_overrides, **overrides}
+        params = params or sam_params(None, **tiny_overrides)
     if not ckpt:
-        models_dir = Path(opts.get("models_dir") or ".")
+        models_dir = Path(opts.models_dir or ".")
         ckpt = models_dir / CHECKPOINTS["vit_h"].filename
         if not Path(ckpt).is_file():
             raise SednaSamError(
                 f"no SAM checkpoint at {ckpt}: run `sedna-sam models download vit_h --dir {models_dir}`, "
                 "pass --sam-checkpoint, or --tiny-random-models for a demo"
             )
-    options = AnnotateOptions(
+    return AnnotateOptions(
         ckpt_path=str(ckpt),
         semantic_model=str(semantic or DEFAULT_SEMANTIC_MODEL),
         labels=config.labels,
-        model_type=opts.get("sam_model"),
-        device=opts.get("device"),
-        sam=sam_params(None, **overrides),
+        model_type=opts.sam_model,
+        semantic_backend=opts.semantic_backend,
+        device=opts.device,
+        sam=params or sam_params(None),
     )
+
+
+@PRE_ANNOTATIONS.register("sam")
+def build_sam_engine(config: ServiceConfig):
+    """The :class:`~sedna_sam.annotate.engine.Annotator` of :func:`sam_annotate_options`."""
+    from sedna_sam.annotate.engine import Annotator
+
+    options = sam_annotate_options(config)
     log.info("loading SAM %s and semantic model %s", options.ckpt_path, options.semantic_model)
     return Annotator.from_options(options)
 
@@ -114,27 +127,27 @@ class SemanticOnly:
 
 
 @PRE_ANNOTATIONS.register("semantic")
-def build_semantic_engine(config) -> SemanticOnly:
+def build_semantic_engine(config: ServiceConfig) -> SemanticOnly:
     """:class:`SemanticOnly` over ``semantic_model`` (``tiny_random_models``: the tiny
     random-weight Segformer; no SAM checkpoint is needed or loaded)."""
     from sedna_sam.annotate.semantic import make_semantic
 
-    opts = dict(config.annotate or {})
-    semantic = opts.get("semantic_model")
-    if opts.get("tiny_random_models") and not semantic:
+    opts = config.pre_annotation
+    semantic = opts.semantic_model
+    if opts.tiny_random_models and not semantic:
         from sedna_sam.segformer import build_tiny_segformer
 
         log.warning("--tiny-random-models: RANDOM-weight Segformer, the pre-annotations mean nothing")
-        semantic = Path(config.dataset_dir) / ".tiny-models" / "models" / "segformer_tiny_random"
+        semantic = tiny_models_dir(config) / "segformer_tiny_random"
         if not (semantic / "config.json").exists():
             build_tiny_segformer(semantic, config.labels)
     semantic = str(semantic or DEFAULT_SEMANTIC_MODEL)
     log.info("pre-annotation: semantic model %s alone (no SAM)", semantic)
-    backend = opts.get("semantic_backend") or "segformer"
-    return SemanticOnly(make_semantic(backend, semantic, config.labels, opts.get("device")), config.labels)
+    backend = opts.semantic_backend or "segformer"
+    return SemanticOnly(make_semantic(backend, semantic, config.labels, opts.device), config.labels)
 
 
-def pre_annotate(engine, config, layout: DatasetLayout, image: Path) -> None:
+def pre_annotate(engine, config: ServiceConfig, layout: DatasetLayout, image: Path) -> None:
     """SSA JSON (+ overlay PNG) for ``image`` unless a valid one exists, then its Label
     Studio task. Both writes are atomic, so a rerun after a crash redoes at most one."""
     from sedna_sam.annotate.engine import annotate_file, is_done
@@ -277,7 +290,7 @@ class LabelStudioProject:
         return int(ids[0])
 
 
-def connect_label_studio(config) -> LabelStudioProject:
+def connect_label_studio(config: ServiceConfig) -> LabelStudioProject:
     from sedna_sam.errors import SednaSamError
     from sedna_sam.labelstudio.api import LabelStudioClient
 

@@ -1,149 +1,205 @@
-"""Service metrics in the Prometheus text exposition format (version 0.0.4).
+"""The cloud service's ``/metrics``: Prometheus text format through ``prometheus_client``.
 
-Counters and histograms live in memory (they restart at zero with the process, which is
-what Prometheus expects of counters); queue depth per state is read from the queue at
-scrape time, so it is right after a restart too. No client library needed.
+Each service has a registry of its own (tests run several services in one process). The
+stage counters, webhook counters and the seconds-per-stage histogram live in memory (they
+restart at zero with the process, which is what Prometheus expects of counters); what
+the queue and the LifelongLearningJob's outputDir say (queue depth per state, edge-flag
+to dataset seconds, each round's mIoU and gate decision) is read when Prometheus scrapes,
+so it is right after a restart too. The names, types, labels and help texts are what
+``manifests/components/monitoring``'s dashboard queries (``tests/test_monitoring.py``).
 """
 
 from __future__ import annotations
 
+import logging
 import math
-import threading
-from collections import defaultdict
+from collections import Counter as Tally
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
 
+from sedna_sam.deps import need
+
+log = logging.getLogger(__name__)
+
+# generate_latest writes the text format 0.0.4 whatever the library's newest format is.
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 # Seconds per stage: from tens of milliseconds (push to Label Studio) to minutes (SAM on CPU).
 STAGE_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
 
+PROCESSED = "sedna_sam_samples_processed"  # counters: exposed with "_total"
+FAILED = "sedna_sam_samples_failed"
+WEBHOOKS = "sedna_sam_webhook_requests"
+STAGE_SECONDS = "sedna_sam_stage_seconds"
 
-def _escape(value: str) -> str:
-    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+@dataclass
+class Scrape:
+    """What one scrape reads from outside the process: queue depth per state, the
+    percentiles (50, 90, 99) of seconds from an edge flag to labels in the dataset, the
+    job's rounds (:class:`sedna_sam.lifelong.curve.Round`) and when the service started."""
+
+    queue_counts: dict[str, int]
+    flag_to_label: dict[int, float | None] = field(default_factory=dict)
+    rounds: list[Any] = field(default_factory=list)
+    up_since: float | None = None
 
 
-def _labels(**labels: str) -> str:
-    if not labels:
-        return ""
-    return "{" + ",".join(f'{k}="{_escape(str(v))}"' for k, v in labels.items()) + "}"
+def job_rounds(job_output_dir: str) -> list[Any]:
+    """The rounds of the LifelongLearningJob whose outputDir is ``job_output_dir`` (none
+    when unset, remote or unreadable: metrics never fail on a job directory)."""
+    if not job_output_dir or "://" in job_output_dir:
+        return []
+    from sedna_sam.lifelong.curve import read_job
+
+    try:
+        return read_job(job_output_dir)
+    except Exception as exc:  # noqa: BLE001 - logged; the scrape goes on without rounds
+        log.warning("job output dir %s not readable for /metrics: %s", job_output_dir, exc)
+        return []
+
+
+class ServiceMetrics:
+    """The service's counters and histogram in a registry of its own, plus the families
+    :class:`Scrape` gives (``scrape`` is called once per scrape; None: counters only)."""
+
+    def __init__(self, scrape: Callable[[], Scrape] | None = None) -> None:
+        prometheus = need("prometheus_client", "cloud", "the service's /metrics")
+        self.registry = prometheus.CollectorRegistry()
+        r = self.registry
+        self._processed = prometheus.Counter(
+            PROCESSED, "Samples a stage finished, per stage.", ["stage"], registry=r
+        )
+        self._failed = prometheus.Counter(
+            FAILED, "Failed attempts of a stage, per stage.", ["stage"], registry=r
+        )
+        self._webhooks = prometheus.Counter(
+            WEBHOOKS,
+            "Label Studio webhook requests, per outcome (accepted, ignored, refused, bad_request).",
+            ["outcome"],
+            registry=r,
+        )
+        self._seconds = prometheus.Histogram(
+            STAGE_SECONDS,
+            "Seconds one sample spent in a stage.",
+            ["stage"],
+            buckets=STAGE_BUCKETS,
+            registry=r,
+        )
+        if scrape is not None:
+            r.register(_ScrapeCollector(scrape))
+
+    def observe(self, stage: str, seconds: float, ok: bool) -> None:
+        (self._processed if ok else self._failed).labels(stage).inc()
+        self._seconds.labels(stage).observe(seconds)
+
+    def webhook(self, outcome: str) -> None:
+        self._webhooks.labels(outcome).inc()
+
+    # -- reading the numbers back (logs, benches, tests) ------------------------------
+
+    @property
+    def processed(self) -> Tally:
+        """Samples each stage finished so far (0 for a stage that finished none)."""
+        return self._totals(self._processed, "stage")
+
+    @property
+    def failed(self) -> Tally:
+        """Failed attempts per stage so far."""
+        return self._totals(self._failed, "stage")
+
+    @property
+    def webhooks(self) -> Tally:
+        """Webhook requests per outcome so far."""
+        return self._totals(self._webhooks, "outcome")
+
+    def mean_seconds(self) -> dict[str, float]:
+        """Mean seconds per stage so far (for logs and benches)."""
+        sums = self._totals(self._seconds, "stage", "_sum")
+        counts = self._totals(self._seconds, "stage", "_count")
+        return {stage: sums[stage] / n for stage, n in counts.items() if n}
+
+    @staticmethod
+    def _totals(metric, label: str, suffix: str = "_total") -> Tally:
+        out: Tally = Tally()
+        for family in metric.collect():
+            for sample in family.samples:
+                if sample.name.endswith(suffix):
+                    value = sample.value
+                    out[sample.labels[label]] = int(value) if suffix == "_total" else value
+        return out
+
+    def exposition(self) -> bytes:
+        """The scrape body (text format 0.0.4, :data:`CONTENT_TYPE`)."""
+        from prometheus_client import generate_latest
+
+        return generate_latest(self.registry)
 
 
 def _number(x: float) -> str:
     if math.isinf(x):
         return "+Inf" if x > 0 else "-Inf"
-    return repr(float(x))  # "1.0", as Prometheus client libraries spell bucket bounds
+    return repr(float(x))  # "0.5", as Prometheus client libraries spell label numbers
 
 
-class ServiceMetrics:
-    """Thread-safe counters (processed/failed per stage, webhook outcomes) and a
-    seconds-per-stage histogram."""
+class _ScrapeCollector:
+    """The families read at scrape time (a collector of the service's registry)."""
 
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self.processed: dict[str, int] = defaultdict(int)
-        self.failed: dict[str, int] = defaultdict(int)
-        self.webhooks: dict[str, int] = defaultdict(int)
-        self._buckets: dict[str, list[int]] = {}
-        self._sum: dict[str, float] = defaultdict(float)
-        self._count: dict[str, int] = defaultdict(int)
+    def __init__(self, scrape: Callable[[], Scrape]) -> None:
+        self.scrape = scrape
 
-    def observe(self, stage: str, seconds: float, ok: bool) -> None:
-        with self._lock:
-            (self.processed if ok else self.failed)[stage] += 1
-            buckets = self._buckets.setdefault(stage, [0] * len(STAGE_BUCKETS))
-            for i, bound in enumerate(STAGE_BUCKETS):
-                if seconds <= bound:
-                    buckets[i] += 1
-            self._sum[stage] += seconds
-            self._count[stage] += 1
+    def collect(self) -> Iterator[Any]:
+        from prometheus_client.core import GaugeMetricFamily
 
-    def webhook(self, outcome: str) -> None:
-        with self._lock:
-            self.webhooks[outcome] += 1
-
-    def mean_seconds(self) -> dict[str, float]:
-        """Mean seconds per stage so far (for logs and benches)."""
-        with self._lock:
-            return {s: self._sum[s] / self._count[s] for s in self._count if self._count[s]}
-
-    def render(
-        self,
-        queue_counts: dict[str, int],
-        up_since: float | None = None,
-        flag_to_label: dict[int, float | None] | None = None,
-        rounds: list | None = None,
-    ) -> str:
-        """The exposition text: queue depth per state, counters, the stage histogram and,
-        when given, percentiles (50, 90, 99) of the seconds from an edge flag to labels in
-        the dataset (over the samples ingested so far), and the LifelongLearningJob's rounds
-        (:class:`sedna_sam.lifelong.curve.Round`: mIoU per domain, backward transfer, and
-        whether the gate deployed the round's model)."""
-        out: list[str] = []
-
-        def family(name: str, kind: str, help_text: str) -> None:
-            out.append(f"# HELP {name} {help_text}")
-            out.append(f"# TYPE {name} {kind}")
-
-        family("sedna_sam_queue_samples", "gauge", "Samples in the annotation queue, per state.")
-        for state, n in queue_counts.items():
-            out.append(f"sedna_sam_queue_samples{_labels(state=state)} {n}")
-        with self._lock:
-            family("sedna_sam_samples_processed_total", "counter", "Samples a stage finished, per stage.")
-            for stage, n in sorted(self.processed.items()):
-                out.append(f"sedna_sam_samples_processed_total{_labels(stage=stage)} {n}")
-            family("sedna_sam_samples_failed_total", "counter", "Failed attempts of a stage, per stage.")
-            for stage, n in sorted(self.failed.items()):
-                out.append(f"sedna_sam_samples_failed_total{_labels(stage=stage)} {n}")
-            family(
-                "sedna_sam_webhook_requests_total",
-                "counter",
-                "Label Studio webhook requests, per outcome (accepted, ignored, refused, bad_request).",
-            )
-            for outcome, n in sorted(self.webhooks.items()):
-                out.append(f"sedna_sam_webhook_requests_total{_labels(outcome=outcome)} {n}")
-            family("sedna_sam_stage_seconds", "histogram", "Seconds one sample spent in a stage.")
-            for stage in sorted(self._buckets):
-                for bound, n in zip(STAGE_BUCKETS, self._buckets[stage]):
-                    out.append(f"sedna_sam_stage_seconds_bucket{_labels(stage=stage, le=_number(bound))} {n}")
-                inf = _labels(stage=stage, le="+Inf")
-                out.append(f"sedna_sam_stage_seconds_bucket{inf} {self._count[stage]}")
-                out.append(f"sedna_sam_stage_seconds_sum{_labels(stage=stage)} {self._sum[stage]!r}")
-                out.append(f"sedna_sam_stage_seconds_count{_labels(stage=stage)} {self._count[stage]}")
-        if flag_to_label:
-            family(
+        now = self.scrape()
+        depth = GaugeMetricFamily(
+            "sedna_sam_queue_samples", "Samples in the annotation queue, per state.", labels=["state"]
+        )
+        for state, n in now.queue_counts.items():
+            depth.add_metric([state], n)
+        yield depth
+        if now.flag_to_label:
+            flag = GaugeMetricFamily(
                 "sedna_sam_flag_to_label_seconds",
-                "gauge",
                 "Seconds from the edge flagging a frame to its labels entering the dataset, per percentile.",
+                labels=["quantile"],
             )
-            for p, v in sorted(flag_to_label.items()):
+            for p, v in sorted(now.flag_to_label.items()):
                 if v is not None:
-                    out.append(f"sedna_sam_flag_to_label_seconds{_labels(quantile=_number(p / 100))} {v!r}")
-        if rounds:
-            family("sedna_sam_round_miou", "gauge", "mIoU of each round's model, per test domain (new, old).")
-            for r in rounds:
-                for domain, value in (("new", r.new_miou), ("old", r.old_miou)):
-                    if value is not None:
-                        out.append(
-                            f"sedna_sam_round_miou{_labels(round=str(r.number), domain=domain)} {value!r}"
-                        )
-            family(
-                "sedna_sam_round_backward_transfer", "gauge", "Old-domain mIoU change of each round's model."
+                    flag.add_metric([_number(p / 100)], v)
+            yield flag
+        if now.rounds:
+            yield from _round_families(now.rounds)
+        if now.up_since is not None:
+            yield GaugeMetricFamily(
+                "sedna_sam_start_time_seconds", "Unix time the service started.", value=now.up_since
             )
-            for r in rounds:
-                if r.backward_transfer is not None:
-                    out.append(
-                        f"sedna_sam_round_backward_transfer{_labels(round=str(r.number))} {r.backward_transfer!r}"
-                    )
-            family(
-                "sedna_sam_round_deployed",
-                "gauge",
-                "1 when the gate accepted (deployed) the round's model, else 0.",
-            )
-            for r in rounds:
-                if r.status in ("deployed", "rejected"):
-                    out.append(
-                        f"sedna_sam_round_deployed{_labels(round=str(r.number))} {int(r.status == 'deployed')}"
-                    )
-        if up_since is not None:
-            family("sedna_sam_start_time_seconds", "gauge", "Unix time the service started.")
-            out.append(f"sedna_sam_start_time_seconds {up_since!r}")
-        return "\n".join(out) + "\n"
+
+
+def _round_families(rounds: list[Any]) -> Iterator[Any]:
+    """mIoU per domain, backward transfer and the gate's decision of each round."""
+    from prometheus_client.core import GaugeMetricFamily
+
+    miou = GaugeMetricFamily(
+        "sedna_sam_round_miou",
+        "mIoU of each round's model, per test domain (new, old).",
+        labels=["round", "domain"],
+    )
+    transfer = GaugeMetricFamily(
+        "sedna_sam_round_backward_transfer", "Old-domain mIoU change of each round's model.", labels=["round"]
+    )
+    deployed = GaugeMetricFamily(
+        "sedna_sam_round_deployed",
+        "1 when the gate accepted (deployed) the round's model, else 0.",
+        labels=["round"],
+    )
+    for r in rounds:
+        for domain, value in (("new", r.new_miou), ("old", r.old_miou)):
+            if value is not None:
+                miou.add_metric([str(r.number), domain], value)
+        if r.backward_transfer is not None:
+            transfer.add_metric([str(r.number)], r.backward_transfer)
+        if r.status in ("deployed", "rejected"):
+            deployed.add_metric([str(r.number)], int(r.status == "deployed"))
+    yield from (miou, transfer, deployed)

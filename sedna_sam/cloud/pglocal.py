@@ -68,7 +68,7 @@ def _free_port() -> int:
 @dataclass
 class LocalPostgres:
     """A running server. ``url()`` names a database on it (with the password: keep it out
-    of logs, :func:`sedna_sam.cloud.queue.redact_url`)."""
+    of logs, :func:`sedna_sam.cloud.queue_store.redact_url`)."""
 
     base: Path
     port: int

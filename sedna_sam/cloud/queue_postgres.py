@@ -4,7 +4,7 @@ machines, share one queue (``--queue postgresql://user@host:5432/db``).
 The state machine and its compare-and-set transitions are :class:`~sedna_sam.cloud.queue.Queue`'s,
 the same SQL as SQLite's; what differs:
 
-- :meth:`PostgresQueue.claim` leases due samples with ``SELECT ... FOR UPDATE SKIP
+- :meth:`PostgresQueue._claim` leases due samples with ``SELECT ... FOR UPDATE SKIP
   LOCKED`` in one statement, so replicas claiming at once take disjoint samples and never
   wait on each other; a replica that dies holds its samples until the lease runs out.
 - :meth:`PostgresQueue.lock` is a session-level advisory lock on a dedicated connection:
@@ -17,7 +17,7 @@ the same SQL as SQLite's; what differs:
 The schema is created and migrated at open, under a transaction-level advisory lock, so
 replicas starting together migrate once. Credentials: in the URL (from a Secret), or
 libpq's own ``PGPASSWORD`` / ``PGPASSFILE`` with a URL that has none; the password never
-reaches a log line or an error message (:func:`~sedna_sam.cloud.queue.redact_url`).
+reaches a log line or an error message (:func:`~sedna_sam.cloud.queue_store.redact_url`).
 
 psycopg 3 is imported when a PostgreSQL queue is opened (``pip install 'sedna-sam[cloud]'``).
 """
@@ -26,23 +26,14 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-from sedna_sam.cloud.queue import (
-    _COLUMNS,
-    DEFAULT_LEASE_S,
-    DEFAULT_LOCK_TIMEOUT_S,
-    QUEUE_BACKENDS,
-    Queue,
-    QueueUnavailable,
-    Sample,
-    lock_key,
-    migrate,
-)
+from sedna_sam.cloud.queue import QUEUE_BACKENDS, Queue
+from sedna_sam.cloud.queue_store import DEFAULT_LOCK_TIMEOUT_S, QueueUnavailable, lock_key, migrate
+from sedna_sam.cloud.samples import COLUMNS, Sample
 from sedna_sam.errors import SednaSamError
 
 log = logging.getLogger(__name__)
@@ -57,7 +48,7 @@ _KEEPALIVES = {
     "keepalives_count": "3",
 }
 
-# Same versions as the SQLite migrations (sedna_sam.cloud.queue.SQLITE_MIGRATIONS), in
+# Same versions as the SQLite migrations (sedna_sam.cloud.queue_sqlite.SQLITE_MIGRATIONS), in
 # PostgreSQL's types: epoch seconds as double precision, Label Studio ids as bigint.
 PG_MIGRATIONS: tuple[tuple[str, ...], ...] = (
     (
@@ -251,17 +242,8 @@ class PostgresQueue(Queue):
 
     # -- claims and locks -------------------------------------------------------------
 
-    def claim(
-        self,
-        state: str,
-        limit: int = 16,
-        now: float | None = None,
-        *,
-        owner: str = "",
-        lease_s: float = DEFAULT_LEASE_S,
-    ) -> list[Sample]:
-        now = time.time() if now is None else now
-        returning = ", ".join(f"samples.{c}" for c in _COLUMNS)
+    def _claim(self, state: str, limit: int, now: float, owner: str, until: float) -> list[Sample]:
+        returning = ", ".join(f"samples.{c}" for c in COLUMNS)
         sql = (
             "WITH picked AS (SELECT sample_id FROM samples "
             "WHERE state = ? AND next_attempt_at <= ? AND lease_until <= ? "
@@ -270,7 +252,7 @@ class PostgresQueue(Queue):
             f"WHERE samples.sample_id = picked.sample_id RETURNING {returning}"
         )
         with self._tx() as db:
-            rows = db.execute(sql, (state, now, now, int(limit), owner, now + lease_s)).fetchall()
+            rows = db.execute(sql, (state, now, now, limit, owner, until)).fetchall()
         claimed = [Sample.from_row(r) for r in rows]
         claimed.sort(key=lambda s: (s.next_attempt_at, s.created_at, s.sample_id))
         return claimed

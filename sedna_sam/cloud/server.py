@@ -1,7 +1,8 @@
 """HTTP face of the annotation service (stdlib ``ThreadingHTTPServer``):
 
 - ``GET /healthz``: 200 with queue counts while the worker loop is alive, else 503.
-- ``GET /metrics``: Prometheus text (queue depth per state, processed, failed, seconds per stage).
+- ``GET /metrics``: Prometheus text (:mod:`sedna_sam.cloud.metrics`: queue depth per state,
+  processed, failed, seconds per stage, the job's rounds).
 - ``GET /`` (and ``/status.json``): the queue status page (:mod:`sedna_sam.cloud.status`), with
   the webhook secret (header or ``?secret=``): it shows sample thumbnails.
 - ``POST /webhook``: Label Studio's ANNOTATION_CREATED / ANNOTATION_UPDATED, accepted only
@@ -107,33 +108,11 @@ class Handler(JsonHandler):
             }
             self._json(HTTPStatus.OK if ok else HTTPStatus.SERVICE_UNAVAILABLE, body)
         elif path == "/metrics":
-            from sedna_sam.cloud.status import queue_summary
-
-            summary = queue_summary(self.service.queue.all_samples())
-            text = self.service.metrics.render(
-                summary.counts,
-                up_since=self.service.started_at,
-                flag_to_label=summary.flag_to_label,
-                rounds=self._rounds(),
-            )
-            self._send(HTTPStatus.OK, text.encode("utf-8"), CONTENT_TYPE)
+            self._send(HTTPStatus.OK, self.service.metrics.exposition(), CONTENT_TYPE)
         elif path in ("/", "/status.json"):
             self._status_page(url_query=urlsplit(self.path).query, as_json=path == "/status.json")
         else:
             self._json(HTTPStatus.NOT_FOUND, {"error": "not found; try /, /healthz, /metrics, POST /webhook"})
-
-    def _rounds(self) -> list:
-        """The job's rounds for /metrics (none without --job-output-dir, or if unreadable)."""
-        where = self.service.config.job_output_dir
-        if not where or "://" in where:
-            return []
-        from sedna_sam.lifelong.curve import read_job
-
-        try:
-            return read_job(where)
-        except Exception as exc:  # noqa: BLE001 - metrics never fail on a job directory
-            log.warning("job output dir %s not readable for /metrics: %s", where, exc)
-            return []
 
     def _status_page(self, url_query: str, as_json: bool) -> None:
         """The queue status page (sedna_sam.cloud.status): it shows sample thumbnails, so it

@@ -20,35 +20,32 @@ Any number of replicas may share one queue (PostgreSQL): each pass *claims* its 
 with a lease under the replica's id, so replicas split the work instead of repeating it;
 a replica that dies holds its samples until the lease ends (or it restarts under the same
 id). The two steps that a compare-and-set cannot make safe run under a lock shared by
-every replica (:meth:`~sedna_sam.cloud.queue.Queue.lock`): creating the Label Studio
+every replica (:meth:`~sedna_sam.cloud.queue_store.QueueStore.lock`): creating the Label Studio
 task of a sample (with a recorded intent, so a replica that died after creating it is
 followed by a search, never by a second task), and rewriting the Sedna index file.
 Polling Label Studio is taken in turns: one replica per interval.
 
 Stages are plain functions registered by the state they start from (:data:`STAGES`).
+The settings are :mod:`sedna_sam.cloud.config`'s; the store is read by
+:mod:`sedna_sam.cloud.store`.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import os
-import posixpath
-import re
-import stat
 import threading
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-from sedna_sam.cloud import queue as q
-from sedna_sam.cloud.metrics import ServiceMetrics
-from sedna_sam.errors import InputError, SednaSamError, is_connection_error
-from sedna_sam.labels import LabelSet
-from sedna_sam.storage import DatasetLayout, atomic_write_bytes, is_local_filesystem, url_filesystem
+from sedna_sam.cloud import samples as q
+from sedna_sam.cloud.config import ServiceConfig
+from sedna_sam.cloud.metrics import Scrape, ServiceMetrics, job_rounds
+from sedna_sam.cloud.queue import default_replica_id, open_queue
+from sedna_sam.cloud.store import fetch_sample, scan_store
+from sedna_sam.errors import SednaSamError, is_connection_error
+from sedna_sam.storage import DatasetLayout, url_filesystem
 
 log = logging.getLogger(__name__)
 
@@ -58,162 +55,6 @@ FaultHook = Callable[[str, str], None]  # (point, sample_id) -> None; raises to 
 class Deferred(Exception):
     """A stage cannot run yet for a reason outside the sample (the queue holds it until
     then); not a failure: no attempt is counted and no error recorded."""
-
-
-@dataclass
-class ServiceConfig:
-    """Everything the service needs; the CLI fills it from flags and env
-    (see :mod:`sedna_sam.commands.cloud`). Secrets are kept out of ``repr``."""
-
-    store: str  # URL or path of the store the edge shipper writes to
-    dataset_dir: Path  # raw_data/, ssa_output/, ls_data/, train_ids/ live here
-    index_path: Path  # the Sedna Dataset's txt index
-    queue_url: str  # sqlite:///... (default: <dataset_dir>/cloud-queue.sqlite)
-    labels: LabelSet
-    ls_url: str = ""
-    ls_token: str = field(default="", repr=False)
-    project: str = "sedna-sam"  # Label Studio project id or title
-    webhook_secret: str = field(default="", repr=False)
-    webhook_url: str = ""  # where Label Studio should POST annotations; registered if set
-    annotate: dict[str, Any] = field(default_factory=dict)  # pre-annotation engine options
-    batch: int = 8  # samples per stage per step
-    poll_interval_s: float = 30.0
-    max_attempts: int = 5
-    backoff_s: float = 10.0
-    job_output_dir: str = ""  # the LifelongLearningJob's outputDir: its rounds go to /metrics
-    replica_id: str = ""  # this replica's name in leases (default: $SEDNA_SAM_REPLICA_ID or the host name)
-    lease_s: float = q.DEFAULT_LEASE_S  # how long a claimed sample stays this replica's
-    # How long after a push that was cut short (replica killed, request timed out) Label
-    # Studio may still create that task: the next push of the sample waits this long, then
-    # looks for the task before creating one. Above the Label Studio request timeout (60 s).
-    push_settle_s: float = 120.0
-
-
-# ----------------------------------------------------------------------------- store
-
-
-@dataclass(frozen=True)
-class FlaggedSample:
-    """One complete sample in the store (its JSON exists, so its image was written)."""
-
-    sample_id: str
-    node: str
-    json_path: str  # path inside the store's filesystem
-
-
-def scan_store(fs, root: str) -> list[FlaggedSample]:
-    """Complete samples under ``<root>/flagged/<node>/<id>.json``, sorted by path.
-
-    The shipper writes the image first and the JSON last, so a JSON means the sample is
-    there; an image without JSON is an upload in progress and is left alone.
-    """
-    pattern = posixpath.join(root.rstrip("/"), "flagged", "*", "*.json")
-    found = []
-    for path in sorted(fs.glob(pattern)):
-        name = posixpath.basename(path)
-        if name.startswith("."):
-            continue
-        node = posixpath.basename(posixpath.dirname(path))
-        found.append(FlaggedSample(sample_id=name[: -len(".json")], node=node, json_path=path))
-    return found
-
-
-MAX_META_BYTES = 1 << 20  # a sample's JSON is a few hundred bytes
-MAX_IMAGE_BYTES = 256 << 20  # a frame (the pixel cap, checked on the header, is the finer limit)
-_SHA256 = re.compile(r"[0-9a-f]{64}")
-
-
-def read_store_file(fs, path: str, root: str | None, limit: int) -> bytes:
-    """Bytes of one file of the store, at most ``limit``. On a local store the file must be
-    a regular file, not a symlink, and (with ``root``) lie under the store root after
-    resolving every symlink of its directories; :class:`InputError` naming it otherwise."""
-    if not is_local_filesystem(fs):
-        try:
-            size = fs.size(path)
-        except FileNotFoundError:
-            raise InputError(f"{path}: missing from the store") from None
-        if size is not None and size > limit:
-            raise InputError(f"{path}: {size} bytes, over the {limit} bytes a sample may have")
-        return fs.cat_file(path)
-    if root is not None:
-        real_root = os.path.realpath(root)
-        real = os.path.realpath(path)
-        if os.path.commonpath([real_root, real]) != real_root:
-            raise InputError(f"{path}: resolves to {real}, outside the store {real_root}; refused")
-    try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
-    except FileNotFoundError:
-        raise InputError(f"{path}: missing from the store") from None
-    except OSError as exc:
-        if os.path.islink(path):
-            raise InputError(
-                f"{path}: is a symbolic link; samples must be plain files in the store"
-            ) from None
-        raise InputError(f"{path}: cannot read ({exc.strerror})") from None
-    with os.fdopen(fd, "rb") as fh:
-        info = os.fstat(fh.fileno())
-        if not stat.S_ISREG(info.st_mode):
-            raise InputError(f"{path}: not a regular file")
-        if info.st_size > limit:
-            raise InputError(f"{path}: {info.st_size} bytes, over the {limit} bytes a sample may have")
-        return fh.read(limit + 1)
-
-
-def fetch_sample(fs, json_path: str, raw_data: Path, root: str | None = None) -> tuple[Path, dict[str, Any]]:
-    """Read a flagged sample's JSON, check its image (size, sha256, pixel cap) and copy it
-    to ``raw_data/<sample id><ext>`` atomically. Returns (local image path, metadata).
-
-    Raises :class:`InputError` naming the file when the JSON is bad (no ``size`` or
-    ``sha256``), the image does not match it, is over the pixel cap, or (on a local store)
-    is a symlink or lies outside the store ``root``. A copy already in place with the right
-    checksum is kept (rerun = no-op).
-    """
-    import json
-
-    from sedna_sam.images import check_pixels, header_size
-    from sedna_sam.storage import IMAGE_EXTENSIONS
-
-    try:
-        meta = json.loads(read_store_file(fs, json_path, root, MAX_META_BYTES))
-    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
-        raise InputError(f"{json_path}: not valid JSON ({exc})") from None
-    if not isinstance(meta, dict):
-        raise InputError(f"{json_path}: expected a JSON object, got {type(meta).__name__}")
-    image_name = meta.get("image") or meta.get("image_file")
-    if (
-        not isinstance(image_name, str)
-        or not image_name
-        or len(image_name) > 255
-        or any(c in image_name for c in "/\\\x00")
-        or image_name.startswith(".")
-    ):
-        raise InputError(
-            f"{json_path}: 'image' must name the image file beside it, got {str(image_name)[:80]!r}"
-        )
-    ext = posixpath.splitext(image_name)[1].lower()
-    if ext not in IMAGE_EXTENSIONS:
-        raise InputError(f"{json_path}: image {image_name!r} is not a known image type")
-    size, want_sha = meta.get("size"), meta.get("sha256")
-    if isinstance(size, bool) or not isinstance(size, int) or size <= 0:
-        raise InputError(f"{json_path}: 'size' (the image's byte count) is missing or not a positive integer")
-    if not isinstance(want_sha, str) or not _SHA256.fullmatch(want_sha.lower()):
-        raise InputError(f"{json_path}: 'sha256' (the image's checksum) is missing or not 64 hex digits")
-    want_sha = want_sha.lower()
-    sample_id = posixpath.basename(json_path)[: -len(".json")]
-    dest = raw_data / f"{sample_id}{ext}"
-    if dest.is_file() and hashlib.sha256(dest.read_bytes()).hexdigest() == want_sha:
-        return dest, meta
-    image_path = posixpath.join(posixpath.dirname(json_path), image_name)
-    if size > MAX_IMAGE_BYTES:
-        raise InputError(f"{json_path}: says the image has {size} bytes, over {MAX_IMAGE_BYTES}")
-    data = read_store_file(fs, image_path, root, MAX_IMAGE_BYTES)
-    if size != len(data):
-        raise InputError(f"{image_path}: {len(data)} bytes, but {json_path} says {size}")
-    if hashlib.sha256(data).hexdigest() != want_sha:
-        raise InputError(f"{image_path}: sha256 does not match {json_path} (corrupt or partial upload)")
-    check_pixels(*header_size(data, image_path), image_path)  # before it reaches raw_data/ and SAM
-    atomic_write_bytes(dest, data)
-    return dest, meta
 
 
 # ----------------------------------------------------------------------------- the service
@@ -230,12 +71,12 @@ class AnnotationService:
     def __init__(self, config: ServiceConfig, *, fault: FaultHook | None = None, engine=None) -> None:
         self.config = config
         self.layout = DatasetLayout(Path(config.dataset_dir))
-        self.queue = q.open_queue(config.queue_url)
-        self.replica_id = config.replica_id or q.default_replica_id()
+        self.queue = open_queue(config.queue_url)
+        self.replica_id = config.replica_id or default_replica_id()
         released = self.queue.release_all(self.replica_id)
         if released:
             log.info("replica %s restarted: %d sample(s) it held are free again", self.replica_id, released)
-        self.metrics = ServiceMetrics()
+        self.metrics = ServiceMetrics(scrape=self.scrape)
         self.fault = fault
         self.wake = threading.Event()  # set by the webhook so ingestion runs at once
         self.started_at = time.time()
@@ -269,6 +110,14 @@ class AnnotationService:
     def _at(self, point: str, sample_id: str) -> None:
         if self.fault is not None:
             self.fault(point, sample_id)
+
+    def scrape(self) -> Scrape:
+        """What ``/metrics`` reads at each scrape: the queue, the job's rounds."""
+        from sedna_sam.cloud.status import queue_summary
+
+        summary = queue_summary(self.queue.all_samples())
+        rounds = job_rounds(self.config.job_output_dir)
+        return Scrape(summary.counts, summary.flag_to_label, rounds, up_since=self.started_at)
 
     # -- one pass ---------------------------------------------------------------------
 

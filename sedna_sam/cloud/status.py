@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sedna_sam.cloud import queue as q
+from sedna_sam.cloud.samples import ALL_STATES, INGESTED, Sample
 
 PERCENTILES = (50, 90, 99)
 
@@ -45,17 +45,17 @@ class QueueSummary:
     now: float
 
 
-def queue_summary(samples: Sequence[q.Sample], now: float | None = None) -> QueueSummary:
+def queue_summary(samples: Sequence[Sample], now: float | None = None) -> QueueSummary:
     """Summary of every sample in the queue (pure function of the rows and ``now``)."""
     now = time.time() if now is None else now
-    counts = dict.fromkeys(q.ALL_STATES, 0)
-    ages: dict[str, list[float]] = {s: [] for s in q.ALL_STATES}
+    counts = dict.fromkeys(ALL_STATES, 0)
+    ages: dict[str, list[float]] = {s: [] for s in ALL_STATES}
     flag_to_label: list[float] = []
     hour = day = 0
     for s in samples:
         counts[s.state] = counts.get(s.state, 0) + 1
         ages.setdefault(s.state, []).append(max(0.0, now - s.updated_at))
-        if s.state == q.INGESTED:
+        if s.state == INGESTED:
             hour += now - s.updated_at <= 3600
             day += now - s.updated_at <= 86400
             flagged_at = s.meta.get("frame_time") or s.created_at
@@ -67,11 +67,7 @@ def queue_summary(samples: Sequence[q.Sample], now: float | None = None) -> Queu
         counts,
         hour,
         day,
-        {
-            state: {p: percentile(v, p) for p in PERCENTILES}
-            for state, v in ages.items()
-            if state != q.INGESTED
-        },
+        {state: {p: percentile(v, p) for p in PERCENTILES} for state, v in ages.items() if state != INGESTED},
         {p: percentile(flag_to_label, p) for p in PERCENTILES},
         now,
     )
@@ -112,7 +108,7 @@ td.err{color:#b00020;max-width:40em;font-size:.85em} .n{text-align:right} img{di
 
 def render_status_page(
     summary: QueueSummary,
-    recent: Sequence[q.Sample],
+    recent: Sequence[Sample],
     label_studio_url: str | None = None,
     project_id: int | None = None,
     refresh_s: int = 10,

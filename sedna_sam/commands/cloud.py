@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import argparse
-import os
 import signal
 import threading
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from sedna_sam.cloud.queue import DEFAULT_LEASE_S  # light: no database driver is imported
+from sedna_sam.cloud.queue_store import DEFAULT_LEASE_S  # light: no database driver is imported
 from sedna_sam.commands import add_config_path, add_dataset_dir
+from sedna_sam.sedna_compat import get_param
+
+if TYPE_CHECKING:
+    from sedna_sam.cloud.config import PreAnnotationOptions, ServiceConfig
 
 SERVE_DESCRIPTION = """\
 Run the cloud annotation service: pick up samples the edge shipped to the store
@@ -58,12 +62,12 @@ Reads only the queue database; the service may be running.
 
 def add_queue_options(parser: argparse.ArgumentParser) -> None:
     add_dataset_dir(parser, required=False)
-    parser.set_defaults(dataset_dir=os.environ.get("SEDNA_SAM_DATASET_DIR"))
+    parser.set_defaults(dataset_dir=get_param("SEDNA_SAM_DATASET_DIR"))
     parser.add_argument(
         "--queue",
         "--queue-url",
         dest="queue_url",
-        default=os.environ.get("SEDNA_SAM_QUEUE_URL"),
+        default=get_param("SEDNA_SAM_QUEUE_URL"),
         help="queue database URL (default $SEDNA_SAM_QUEUE_URL, else "
         "sqlite:///<dataset-dir>/cloud-queue.sqlite, for one replica); "
         "postgresql://user@host:5432/db for any number of replicas (password from the URL or $PGPASSWORD)",
@@ -83,12 +87,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_queue_options(serve)
     serve.add_argument(
         "--store",
-        default=os.environ.get("SEDNA_SAM_STORE"),
+        default=get_param("SEDNA_SAM_STORE"),
         help="store directory or s3:// URL the edge ships to (default $SEDNA_SAM_STORE)",
     )
     serve.add_argument(
         "--index",
-        default=os.environ.get("SEDNA_SAM_INDEX"),
+        default=get_param("SEDNA_SAM_INDEX"),
         help="the Sedna Dataset's txt index to append to (default $SEDNA_SAM_INDEX, else <dataset-dir>/index.txt)",
     )
     add_config_path(serve)
@@ -96,23 +100,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     serve.add_argument("--port", type=int, default=8000, help="HTTP port (default 8000; 0 = any free port)")
     serve.add_argument(
         "--ls-url",
-        default=os.environ.get("LABEL_STUDIO_URL"),
+        default=get_param("LABEL_STUDIO_URL"),
         help="Label Studio URL (default $LABEL_STUDIO_URL)",
     )
     serve.add_argument(
         "--project",
-        default=os.environ.get("SEDNA_SAM_LS_PROJECT") or "sedna-sam corner cases",
+        default=get_param("SEDNA_SAM_LS_PROJECT", "sedna-sam corner cases"),
         help="Label Studio project id or title; made if missing (default $SEDNA_SAM_LS_PROJECT or 'sedna-sam corner cases')",
     )
     serve.add_argument(
         "--job-output-dir",
-        default=os.environ.get("SEDNA_SAM_JOB_OUTPUT_DIR"),
+        default=get_param("SEDNA_SAM_JOB_OUTPUT_DIR"),
         help="the LifelongLearningJob's outputDir (a local directory): each round's mIoU, backward transfer "
         "and gate decision are exposed in /metrics (default $SEDNA_SAM_JOB_OUTPUT_DIR)",
     )
     serve.add_argument(
         "--webhook-url",
-        default=os.environ.get("SEDNA_SAM_WEBHOOK_URL"),
+        default=get_param("SEDNA_SAM_WEBHOOK_URL"),
         help="URL Label Studio should POST annotation events to, e.g. "
         "http://sedna-sam-annotation:8000/webhook; registered at start (default $SEDNA_SAM_WEBHOOK_URL; "
         "unset: polling only)",
@@ -128,7 +132,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     serve.add_argument("--once", action="store_true", help="do the work there is, without HTTP, then exit")
     serve.add_argument(
         "--replica-id",
-        default=os.environ.get("SEDNA_SAM_REPLICA_ID"),
+        default=get_param("SEDNA_SAM_REPLICA_ID"),
         help="this replica's name in the queue's leases (default $SEDNA_SAM_REPLICA_ID, else the host "
         "name: a pod's name); a replica restarted under the same id frees what it held at once",
     )
@@ -150,7 +154,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     engine.add_argument(
         "--pre-annotation",
         choices=("sam", "semantic"),
-        default=os.environ.get("SEDNA_SAM_PRE_ANNOTATION") or "sam",
+        default=get_param("SEDNA_SAM_PRE_ANNOTATION", "sam"),
         help="sam (default): SAM masks labelled by semantic voting; semantic: the semantic model's class "
         "map alone, no SAM (coarser polygons, a fraction of the cost: backlogs, CPU-only runs, benches)",
     )
@@ -165,7 +169,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     engine.add_argument(
         "--models-dir",
-        default=os.environ.get("SEDNA_SAM_MODELS_DIR") or ".",
+        default=get_param("SEDNA_SAM_MODELS_DIR", "."),
         help="where `sedna-sam models download` put the SAM checkpoints (default $SEDNA_SAM_MODELS_DIR or .)",
     )
     engine.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda when available)")
@@ -201,8 +205,19 @@ def queue_url(args: argparse.Namespace) -> str:
     return f"sqlite:///{Path(args.dataset_dir).resolve() / 'cloud-queue.sqlite'}"
 
 
-def build_config(args: argparse.Namespace):
-    from sedna_sam.cloud.service import ServiceConfig
+def pre_annotation_options(args: argparse.Namespace) -> PreAnnotationOptions:
+    """The "pre-annotation" flags: each is named after its field (``--sam-checkpoint`` is
+    ``sam_checkpoint``), except ``--pre-annotation``, the ``kind``."""
+    from dataclasses import fields
+
+    from sedna_sam.cloud.config import PreAnnotationOptions
+
+    given = {f.name: getattr(args, f.name) for f in fields(PreAnnotationOptions) if hasattr(args, f.name)}
+    return PreAnnotationOptions(**given, kind=args.pre_annotation)
+
+
+def build_config(args: argparse.Namespace) -> ServiceConfig:
+    from sedna_sam.cloud.config import ServiceConfig
     from sedna_sam.errors import SednaSamError
     from sedna_sam.labels import load_labels
 
@@ -219,20 +234,12 @@ def build_config(args: argparse.Namespace):
         queue_url=queue_url(args),
         labels=load_labels(args.config_path),
         ls_url=(args.ls_url or "").rstrip("/"),
-        ls_token=os.environ.get("LABEL_STUDIO_API_KEY") or "",
+        ls_token=get_param("LABEL_STUDIO_API_KEY", ""),
         project=args.project,
-        webhook_secret=os.environ.get("SEDNA_SAM_WEBHOOK_SECRET") or "",
+        webhook_secret=get_param("SEDNA_SAM_WEBHOOK_SECRET", ""),
         webhook_url=args.webhook_url or "",
         job_output_dir=args.job_output_dir or "",
-        annotate={
-            "sam_checkpoint": args.sam_checkpoint,
-            "sam_model": args.sam_model,
-            "semantic_model": args.semantic_model,
-            "device": args.device,
-            "models_dir": args.models_dir,
-            "tiny_random_models": args.tiny_random_models,
-            "pre_annotation": args.pre_annotation,
-        },
+        pre_annotation=pre_annotation_options(args),
         batch=args.batch,
         poll_interval_s=args.poll_interval,
         max_attempts=args.max_attempts,
@@ -269,7 +276,7 @@ def run_serve(args: argparse.Namespace) -> int:
 
 
 def format_status(queue, errors: int = 10) -> str:
-    from sedna_sam.cloud.queue import ALL_STATES
+    from sedna_sam.cloud.samples import ALL_STATES
 
     counts = queue.counts()
     lines = [f"{'state':<16} {'samples':>8}"]
@@ -295,7 +302,8 @@ def format_status(queue, errors: int = 10) -> str:
 
 
 def run_status(args: argparse.Namespace) -> int:
-    from sedna_sam.cloud.queue import open_queue, sqlite_path
+    from sedna_sam.cloud.queue import open_queue
+    from sedna_sam.cloud.queue_sqlite import sqlite_path
     from sedna_sam.errors import SednaSamError
 
     url = queue_url(args)
