@@ -226,7 +226,8 @@ def _run_frames(args, settings, stop: threading.Event, use_lib: bool) -> int:
     The summary and the exit status include the shipping: samples left in the buffer and
     shipper crashes fail the run."""
     from sedna_sam.edge.buffer import SampleBuffer
-    from sedna_sam.edge.shipper import Shipper, SupervisedShipper
+    from sedna_sam.edge.shipper import Shipper
+    from sedna_sam.edge.supervisor import SupervisedShipper
     from sedna_sam.edge.worker import EdgeWorker
 
     metrics = None
@@ -310,7 +311,8 @@ def cmd_calibrate(args) -> int:
 def cmd_ship(args) -> int:
     from sedna_sam import sedna_compat
     from sedna_sam.edge.buffer import SampleBuffer
-    from sedna_sam.edge.shipper import Shipper, SupervisedShipper
+    from sedna_sam.edge.shipper import Shipper
+    from sedna_sam.edge.supervisor import SupervisedShipper
 
     store = _store(args)
     if not store:
