@@ -18,6 +18,7 @@ from typing import Any
 
 from sedna_sam import sedna_compat
 from sedna_sam.errors import SednaSamError
+from sedna_sam.sedna_lib import sedna_available
 from sedna_sam.storage import is_local_url
 
 log = logging.getLogger(__name__)
@@ -52,7 +53,7 @@ def use_sedna_lib(disabled: bool, env: Mapping[str, str] | None = None) -> bool:
     """Run under Sedna's lib: it is installed, a Sedna job started us, and not --no-sedna."""
     if disabled or not sedna_compat.under_sedna(env):
         return False
-    if sedna_compat.sedna_available():
+    if sedna_available():
         return True
     log.warning(
         "started by a Sedna job but kubeedge/sedna's lib is not installed: running without it "
