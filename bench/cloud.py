@@ -95,7 +95,7 @@ def main() -> int:
     service = AnnotationService(config, engine=engine)
 
     # Baseline: the engine alone on the same images (what a script looping annotate_file does).
-    from sedna_sam.annotate.engine import annotate_file
+    from sedna_sam.annotate.batch import annotate_file
     from sedna_sam.cloud.store import fetch_sample
 
     base_dir = work / "baseline"

@@ -20,6 +20,8 @@ from sedna_sam.log import setup_logging
 # Modules that register subcommands, in --help order.
 COMMAND_MODULES = [
     "sedna_sam.commands.annotate",
+    "sedna_sam.commands.models",
+    "sedna_sam.commands.demo",
     "sedna_sam.commands.convert",
     "sedna_sam.commands.doctor",
     "sedna_sam.commands.edge",

@@ -125,7 +125,7 @@ def check_sedna_lib(ctx: DoctorContext) -> list[CheckResult]:
                 "pip uninstall sedna (the PyPI `sedna` is an unrelated package), then " + SEDNA_LIB_INSTALL,
             )
         ]
-    from sedna_sam.sedna_compat import sedna_lib_version
+    from sedna_sam.sedna_lib import sedna_lib_version
 
     version = sedna_lib_version() or "unknown"
     return [

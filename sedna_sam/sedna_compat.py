@@ -1,4 +1,5 @@
-"""Sedna's worker contract in one place: env names per role, the optional lib, plug-ins.
+"""Every env variable sedna-sam reads (the Sedna workers' contract and our own processes'
+settings), and the Sedna job helpers built on it.
 
 Sedna's global manager starts each LifelongLearningJob worker (train, eval, deploy =
 inference) with env variables; container ``env`` entries of the job templates arrive
@@ -6,24 +7,19 @@ the same way. Every sedna-sam worker reads them through :func:`get_param`, which
 a name up as given and then upper-cased, exactly like Sedna's
 ``Context.get_parameters`` (so ``unseen_save_url`` and ``UNSEEN_SAVE_URL`` both work).
 
-Sedna's Python lib is optional: ``scripts/install-sedna-lib.sh`` installs it from the
-kubeedge/sedna repository's ``lib/`` (release v0.7.0) in our images and in development
-(``pip install sedna`` gets an unrelated package). :func:`sedna_lib` try-imports it; when
-it is there and a Sedna job started the process (:func:`under_sedna`), the workers run
+Whether Sedna's optional Python lib is installed is :mod:`sedna_sam.sedna_lib`'s business;
+when it is and a Sedna job started the process (:func:`under_sedna`), the workers run
 through it (:mod:`sedna_sam.sedna_job`).
 """
 
 from __future__ import annotations
 
-import functools
-import importlib
 import logging
 import os
 import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -38,9 +34,12 @@ class EnvVar:
     secret: bool = False
 
 
-# Every name any sedna-sam role reads, with what it means (docs/architecture.md section 5; the
-# defaults are those of kubeedge/sedna lib/sedna/common/config.py and
-# core/lifelong_learning/knowledge_management/edge_knowledge_management.py).
+# Every env name sedna-sam's code reads, with what it means: the Sedna workers' contract
+# (docs/architecture.md section 5; Sedna's defaults are those of kubeedge/sedna
+# lib/sedna/common/config.py and
+# core/lifelong_learning/knowledge_management/edge_knowledge_management.py) and the settings
+# of our own processes (annotate, the cloud service, Label Studio and its ML backend).
+# tests/test_architecture.py fails on a name read anywhere in sedna_sam/ that is not here.
 ENV: dict[str, EnvVar] = {
     v.name: v
     for v in (
@@ -57,7 +56,7 @@ ENV: dict[str, EnvVar] = {
         # read by Sedna's lib in every LifelongLearning (set by our templates or our defaults)
         EnvVar(
             "edge_output_url",
-            "local knowledge-base directory of Sedna's lib (writable)",
+            "local knowledge-base directory of Sedna's lib (writable; our manifests: <edgeDataRoot>/kb)",
             "<tmp>/sedna-sam-kb-<role>",
         ),
         EnvVar("MIN_TRAIN_SAMPLE", "Sedna trains a task only with this many samples (we set 1)", "10"),
@@ -74,14 +73,33 @@ ENV: dict[str, EnvVar] = {
         # eval
         EnvVar("TEST_DATASET_URL", "txt dataset index of the evaluation samples"),
         # eval + inference
-        EnvVar("MODEL_URLS", "model(s) to evaluate / deploy; deploy: <outputDir>/deploy/index.pkl"),
+        EnvVar(
+            "MODEL_URLS",
+            "model(s) to evaluate / deploy: a Segformer directory, a file in it, a one-file model archive "
+            "or a KB index.pkl (deploy: <outputDir>/deploy/index.pkl)",
+        ),
         # inference (template env of deploySpec; Sedna's lifelong examples read these)
-        EnvVar("unseen_save_url", "directory where unseen (corner-case) samples are kept"),
+        EnvVar(
+            "unseen_save_url",
+            "sample buffer: where unseen (corner-case) frames wait for the shipper",
+            "./unseen_samples",
+        ),
         EnvVar("INFERENCE_RESULT_DIR", "directory for inference results", "./inference_results"),
-        EnvVar("MODEL_POLL_PERIOD_SECONDS", "how often the deployed model is checked for changes", "30"),
+        EnvVar(
+            "MODEL_POLL_PERIOD_SECONDS",
+            "how often the deployed model is checked for changes (hot reload)",
+            "30",
+        ),
         # ours, set by manifests/ (not Sedna names)
-        EnvVar("SEDNA_SAM_STORE", "cloud store URL the shipper uploads flagged samples to"),
-        EnvVar("NODE_NAME", "node name recorded in sample metadata (downward API spec.nodeName)"),
+        EnvVar(
+            "SEDNA_SAM_STORE",
+            "store of flagged samples (directory, file://, s3://): the shipper uploads, the cloud service reads",
+        ),
+        EnvVar(
+            "NODE_NAME",
+            "node name in store paths and sample metadata (downward API spec.nodeName)",
+            "the host name",
+        ),
         EnvVar(
             "SEDNA_SAM_MODEL_CACHE",
             "where fetched and unpacked model archives are kept",
@@ -99,6 +117,81 @@ ENV: dict[str, EnvVar] = {
         EnvVar("GATE_MIN_NEW_GAIN", "new-domain mIoU must rise by more than this", "0"),
         EnvVar("GATE_MAX_OLD_DROP", "old-domain mIoU may fall by at most this", "0.02"),
         EnvVar("DEPLOY_MODEL_DIR", "where an accepted model is published"),
+        # ours, pre-annotation (`sedna-sam annotate`, the backfill Indexed Job, the cloud service)
+        EnvVar(
+            "JOB_COMPLETION_INDEX", "this pod's shard (set by Kubernetes in an Indexed Job; --shard-index)"
+        ),
+        EnvVar("SEDNA_SAM_SHARD_COUNT", "number of shards: the Indexed Job's completions (--shard-count)"),
+        EnvVar(
+            "SEDNA_SAM_MAX_IMAGE_PIXELS",
+            "largest image decoded, in pixels (bigger ones are refused)",
+            "50000000",
+        ),
+        EnvVar(
+            "SEDNA_SAM_CLIP_MODEL",
+            "CLIP of the clip labelers when no clip_model option is given (directory or hub id)",
+            "openai/clip-vit-base-patch32",
+        ),
+        EnvVar("HF_HUB_OFFLINE", "'1': Hugging Face models (Segformer, CLIP) from the local cache only"),
+        EnvVar(
+            "TORCHINDUCTOR_CACHE_DIR",
+            "torch.compile's cache of the compiled SAM decoder (--sam-backend compiled)",
+            "<SEDNA_SAM_MODEL_CACHE>/inductor",
+        ),
+        # ours, the cloud annotation service (`sedna-sam cloud serve|status|retry`; flags win)
+        EnvVar(
+            "SEDNA_SAM_DATASET_DIR", "dataset directory the service fills (raw_data/, ls_data/, train_ids/)"
+        ),
+        EnvVar(
+            "SEDNA_SAM_QUEUE_URL",
+            "annotation queue database: sqlite:///FILE for one replica, postgresql://USER:PASSWORD@HOST/DB "
+            "for several (from a Secret: it may hold the password)",
+            "sqlite:///<dataset>/cloud-queue.sqlite",
+            secret=True,
+        ),
+        EnvVar(
+            "SEDNA_SAM_INDEX", "the Sedna Dataset's txt index the service appends to", "<dataset>/index.txt"
+        ),
+        EnvVar(
+            "SEDNA_SAM_LS_PROJECT",
+            "Label Studio project id or title (made if missing)",
+            "sedna-sam corner cases",
+        ),
+        EnvVar(
+            "SEDNA_SAM_JOB_OUTPUT_DIR", "the LifelongLearningJob's outputDir: its rounds' metrics in /metrics"
+        ),
+        EnvVar("SEDNA_SAM_WEBHOOK_URL", "URL Label Studio posts annotation events to (unset: polling only)"),
+        EnvVar("SEDNA_SAM_WEBHOOK_SECRET", "shared secret of POST /webhook and the status page", secret=True),
+        EnvVar("SEDNA_SAM_REPLICA_ID", "this replica's name in the queue's leases", "the host name"),
+        EnvVar("SEDNA_SAM_PRE_ANNOTATION", "sam (SAM masks + semantic voting) or semantic (no SAM)", "sam"),
+        EnvVar("SEDNA_SAM_MODELS_DIR", "directory of the SAM checkpoints (`sedna-sam models download`)", "."),
+        # Label Studio (`sedna-sam ls`, the converters, the cloud service, the ML backend)
+        EnvVar("LABEL_STUDIO_URL", "Label Studio URL"),
+        EnvVar("LABEL_STUDIO_API_KEY", "Label Studio API token", secret=True),
+        EnvVar(
+            "LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT",
+            "Label Studio's local-files document root: images are referenced relative to it",
+            "/",
+        ),
+        EnvVar(
+            "SEDNA_SAM_LABEL_STUDIO", "the label-studio executable `ls up` starts", "PATH, then .venv-ls/bin"
+        ),
+        # ours, the interactive ML backend (`sedna-sam ls backend`; `ls push --connect-backend`)
+        EnvVar("BACKEND_HOST", "listen address of the ML backend (0.0.0.0 in a container)", "127.0.0.1"),
+        EnvVar("BACKEND_PORT", "port of the ML backend", "9090"),
+        EnvVar(
+            "SEDNA_SAM_BACKEND_USER",
+            "HTTP basic-auth user of the ML backend (Label Studio sends it); the backend needs it and "
+            "the password, or the token",
+        ),
+        EnvVar("SEDNA_SAM_BACKEND_PASSWORD", "HTTP basic-auth password of the ML backend", secret=True),
+        EnvVar("SEDNA_SAM_BACKEND_TOKEN", "bearer token the ML backend accepts instead", secret=True),
+        # tests and benches only
+        EnvVar(
+            "SEDNA_SAM_PG_BIN",
+            "PostgreSQL's bin directory for the throwaway local server of the tests and bench/scaleout.py",
+            "PATH, then /usr/lib/postgresql/<newest>/bin",
+        ),
     )
 }
 
@@ -108,6 +201,8 @@ SEDNA_WORKER_ENV = ("NAMESPACE", "JOB_NAME", "WORKER_NAME", "LC_SERVER", "KB_SER
 SEDNA_INFERENCE_ENV = ("NAMESPACE", "JOB_NAME", "WORKER_NAME", "LC_SERVER")
 LIB_ENV = ("edge_output_url", "MIN_TRAIN_SAMPLE", "SEDNA_SAM_MODEL_CACHE")
 STORE_ENV = ("S3_ENDPOINT_URL", "ACCESS_KEY_ID", "SECRET_ACCESS_KEY")
+LABEL_STUDIO_ENV = ("LABEL_STUDIO_URL", "LABEL_STUDIO_API_KEY", "LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT")
+LOADING_ENV = ("SEDNA_SAM_MAX_IMAGE_PIXELS", "HF_HUB_OFFLINE", "SEDNA_SAM_MODEL_CACHE", "LOG_LEVEL")
 
 
 @dataclass(frozen=True)
@@ -194,6 +289,33 @@ ROLE_ENV: dict[str, RoleEnv] = {
         ),
     ),
 }
+# Our own processes: nothing is set by Sedna, and flags replace every name.
+ANNOTATE_ENV = (
+    "JOB_COMPLETION_INDEX",
+    "SEDNA_SAM_SHARD_COUNT",
+    "SEDNA_SAM_CLIP_MODEL",
+    "TORCHINDUCTOR_CACHE_DIR",
+)
+CLOUD_ENV = (
+    "SEDNA_SAM_QUEUE_URL", "SEDNA_SAM_INDEX", "SEDNA_SAM_LS_PROJECT", "SEDNA_SAM_JOB_OUTPUT_DIR",
+    "SEDNA_SAM_WEBHOOK_URL", "SEDNA_SAM_WEBHOOK_SECRET", "SEDNA_SAM_REPLICA_ID", "SEDNA_SAM_PRE_ANNOTATION",
+    "SEDNA_SAM_MODELS_DIR",
+)  # fmt: skip
+BACKEND_AUTH_ENV = ("SEDNA_SAM_BACKEND_USER", "SEDNA_SAM_BACKEND_PASSWORD", "SEDNA_SAM_BACKEND_TOKEN")
+ROLE_ENV["annotate"] = RoleEnv("annotate", (), (), (*ANNOTATE_ENV, *LOADING_ENV, *STORE_ENV))
+ROLE_ENV["cloud"] = RoleEnv(
+    "cloud",
+    (),
+    ("SEDNA_SAM_DATASET_DIR", "SEDNA_SAM_STORE"),
+    (*CLOUD_ENV, *LABEL_STUDIO_ENV, *LOADING_ENV, *STORE_ENV),
+)
+ROLE_ENV["ls"] = RoleEnv(
+    "ls", (), (), (*LABEL_STUDIO_ENV, "SEDNA_SAM_LABEL_STUDIO", *BACKEND_AUTH_ENV, "LOG_LEVEL")
+)
+# the ML backend needs a user and password, a token, or both: none of them alone is required
+ROLE_ENV["ls-backend"] = RoleEnv(
+    "ls-backend", (), (), (*BACKEND_AUTH_ENV, "BACKEND_HOST", "BACKEND_PORT", *LABEL_STUDIO_ENV, *LOADING_ENV)
+)
 ROLE_ENV["edge"] = ROLE_ENV["inference"]  # the name our CLI and doctor use for it
 
 
@@ -238,16 +360,22 @@ def role_env(role: str) -> RoleEnv:
 
 def env_reference_markdown() -> str:
     """docs/configuration.md: every name in :data:`ENV` with its meaning, default, whether
-    it is secret, and which worker roles read it (a test keeps the file equal to this)."""
+    it is secret, and which roles read it (a test keeps the file equal to this)."""
     roles = [r for r in ROLE_ENV if r != "edge"]  # "edge" is another name for "inference"
     lines = [
-        "# Configuration: the Sedna workers' environment",
+        "# Configuration: environment variables",
         "",
-        "Generated from `sedna_sam.sedna_compat.ENV` and `ROLE_ENV` (the one env contract of the",
-        "train, eval and inference workers); `tests/test_architecture.py` keeps this file equal to",
-        'it. Regenerate with `python -c "from sedna_sam.sedna_compat import env_reference_markdown as m;',
-        "print(m(), end='')\" > docs/configuration.md`. Each name is looked up as written, then",
-        "upper-cased (as Sedna's `Context.get_parameters` does); command-line flags override it.",
+        "Every environment variable sedna-sam reads, generated from `sedna_sam.sedna_compat.ENV` and",
+        "`ROLE_ENV`; `tests/test_architecture.py` keeps this file equal to them and fails on a name",
+        "read anywhere in `sedna_sam/` that is not listed. Regenerate with",
+        '`python -c "from sedna_sam.sedna_compat import env_reference_markdown as m;',
+        "print(m(), end='')\" > docs/configuration.md`. Command-line flags override every name.",
+        "The Sedna workers (inference = `edge run`, train, eval) look a name up as written, then",
+        "upper-cased, as Sedna's `Context.get_parameters` does. Our other processes: annotate",
+        "(`sedna-sam annotate`, the backfill Indexed Job), cloud (`cloud serve|status|retry`), ls",
+        "(`sedna-sam ls`), ls-backend (`ls backend`, the interactive ML backend). Secrets come from",
+        "the environment or a Kubernetes Secret (README, Deploy), never from a command line, and are",
+        "never logged.",
         "Roles: **S** set by Sedna's global manager, **R** required, **o** optional.",
         "",
         "| name | meaning | default | secret | " + " | ".join(roles) + " |",
@@ -310,102 +438,3 @@ def model_poll_seconds(env: Mapping[str, str] | None = None) -> float:
         log.warning("MODEL_POLL_PERIOD_SECONDS=%r is not a number >= 1; using 30", raw)
         return 30.0
     return value
-
-
-# --- the optional lib -------------------------------------------------------------
-
-
-@functools.lru_cache(maxsize=1)
-def sedna_lib() -> Any | None:
-    """The kubeedge/sedna lib's ``sedna`` package, or None when it is not installed.
-
-    A package named ``sedna`` without ``sedna.core.lifelong_learning`` (the unrelated
-    PyPI one) counts as absent, with a warning. The lib counts as present only when
-    ``sedna.core.lifelong_learning`` (what the Sedna path runs) and
-    ``sedna.common.class_factory`` (where plug-ins register) import; that takes a while
-    (the result is cached), and a lib whose requirements are missing counts as absent,
-    with a warning.
-    """
-    try:
-        module = importlib.import_module("sedna")
-    except ImportError:
-        return None
-    except Exception as exc:  # the lib imports many things at import time; report, don't crash
-        log.warning("the sedna lib is installed but fails to import (%s); running without it", exc)
-        return None
-    try:
-        importlib.import_module("sedna.core.lifelong_learning")
-        importlib.import_module("sedna.common.class_factory")
-    except ModuleNotFoundError as exc:
-        if exc.name in ("sedna.core", "sedna.core.lifelong_learning", "sedna.common"):
-            log.warning(
-                "the package named `sedna` at %s is not KubeEdge Sedna's lib (no %s; PyPI's `sedna` "
-                "is an unrelated project); running without it",
-                getattr(module, "__file__", "?"),
-                exc.name,
-            )
-        else:
-            log.warning("the sedna lib is installed but fails to import (%s); running without it", exc)
-        return None
-    except Exception as exc:  # e.g. a requirement of the lib missing or too new
-        log.warning("the sedna lib is installed but fails to import (%s); running without it", exc)
-        return None
-    return module
-
-
-def sedna_lib_version() -> str | None:
-    """Which kubeedge/sedna release is installed, or None when the lib is absent.
-
-    The line ``scripts/install-sedna-lib.sh`` records in ``SEDNA_SAM_SOURCE_TAG`` next to
-    the installed package (``"v0.7.0 sha256:..."``: tag, then source), since the lib's
-    own version says 0.4.1 at v0.7.0; else ``"unknown (lib version X)"`` from
-    ``sedna.__version__``. A ``sedna`` without ``core/lifelong_learning`` (the unrelated
-    PyPI package) counts as absent. Reads files only, except for the fallback, which
-    imports ``sedna``.
-    """
-    import importlib.util
-
-    try:
-        spec = importlib.util.find_spec("sedna")
-    except (ImportError, ValueError):  # a broken parent or a module without __spec__
-        return None
-    dirs = [
-        d
-        for d in (spec.submodule_search_locations or [] if spec else [])
-        if os.path.isfile(os.path.join(d, "core", "lifelong_learning", "__init__.py"))
-    ]
-    if not dirs:
-        return None
-    try:
-        with open(os.path.join(dirs[0], "SEDNA_SAM_SOURCE_TAG"), encoding="utf-8") as f:
-            line = f.readline().strip()
-    except OSError:
-        line = ""
-    if line:
-        return line
-    try:
-        version = getattr(importlib.import_module("sedna"), "__version__", None)
-    except Exception:  # the lib imports many things at import time
-        version = None
-    return f"unknown (lib version {version or '?'})"
-
-
-def sedna_available() -> bool:
-    return sedna_lib() is not None
-
-
-def register_utd_plugin(alias: str, cls: type) -> bool:
-    """Register ``cls`` with Sedna's ClassFactory as ``ClassType.UTD`` (unseen-sample
-    recognition) under ``alias``; idempotent. False when the lib is absent.
-
-    Sedna builds the plug-in as ``cls(task_index, estimator=..., **param)`` and calls it
-    with a ``BaseDataSource``; it must return ``(seen_samples, unseen_samples)``.
-    """
-    if not sedna_available():
-        return False
-    from sedna.common.class_factory import ClassFactory, ClassType  # type: ignore[import-not-found]
-
-    if not ClassFactory.is_exists(ClassType.UTD, alias):
-        ClassFactory.register_cls(cls, ClassType.UTD, alias=alias)
-        log.debug("registered Sedna UTD plug-in %s", alias)
-    return True

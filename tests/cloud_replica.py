@@ -35,7 +35,7 @@ PRELOAD = [
     "replica_preload",  # torch, transformers' Segformer classes, the service's modules
     "psycopg",
     "requests",
-    "sedna_sam.annotate.engine",
+    "sedna_sam.annotate.batch",
     "sedna_sam.annotate.semantic",
     "sedna_sam.segformer",
     "sedna_sam.formats.labelstudio",
@@ -81,7 +81,7 @@ def _kill_at_planned_point(point: str, sample_id: str) -> None:
 
 
 def _install_hooks(replica: str) -> None:
-    from sedna_sam.annotate import engine as engine_mod
+    from sedna_sam.annotate import batch as batch_mod
     from sedna_sam.cloud import service as service_mod
 
     original_init = service_mod.AnnotationService.__init__
@@ -91,7 +91,7 @@ def _install_hooks(replica: str) -> None:
 
     service_mod.AnnotationService.__init__ = init
 
-    original_annotate_file = engine_mod.annotate_file
+    original_annotate_file = batch_mod.annotate_file
 
     def annotate_file(annotator, image_path, *args, **kwargs):
         timings = original_annotate_file(annotator, image_path, *args, **kwargs)
@@ -104,7 +104,7 @@ def _install_hooks(replica: str) -> None:
                 os.close(fd)
         return timings
 
-    engine_mod.annotate_file = annotate_file
+    batch_mod.annotate_file = annotate_file
 
 
 def replica_main(args: list[str], env: dict[str, str], log_path: str, replica: str) -> None:

@@ -16,7 +16,8 @@ import pytest
 from fixtures_sam import write_scene_images
 from test_annotate_voting import reference_ssa_vote
 
-from sedna_sam.annotate.engine import Annotator, annotate_dataset, annotate_images
+from sedna_sam.annotate.batch import annotate_dataset, annotate_images
+from sedna_sam.annotate.engine import Annotator
 from sedna_sam.errors import SednaSamError
 from sedna_sam.formats.ssa import decode_rle, read_ssa
 from sedna_sam.synthetic import make_street_scene, render_scene

@@ -102,7 +102,8 @@ def test_every_ssa_file_names_the_mode_and_overlap_gives_the_same_document(
 ):
     from fixtures_sam import write_scene_images
 
-    from sedna_sam.annotate.engine import Annotator, annotate_images
+    from sedna_sam.annotate.batch import annotate_images
+    from sedna_sam.annotate.engine import Annotator
     from sedna_sam.images import read_image_rgb
 
     images = write_scene_images(tmp_path / "raw", 1, labels)
@@ -154,11 +155,11 @@ def test_cli_flags_reach_the_options(tiny_sam_ckpt, tiny_segformer_dir, labels, 
             "--overlap",
         ]
     )
-    options = cmd._options_from_args(args, labels)
+    options = cmd.options_from_args(args, labels)
     assert options.sam_mode == SamMode(backend="onnx", encoder_precision="bf16", decoder_batch=32)
     assert options.overlap is True
     args = parser.parse_args(["annotate", "--ckpt-path", "x"])
-    assert cmd._options_from_args(args, labels).sam_mode == SamMode(backend="auto")
+    assert cmd.options_from_args(args, labels).sam_mode == SamMode(backend="auto")
 
 
 def test_cli_backend_choices_are_the_registrys_and_help_needs_no_torch():

@@ -86,3 +86,52 @@ def test_configuration_reference_is_generated_from_the_env_contract():
     doc = (PACKAGE.parent / "docs" / "configuration.md").read_text(encoding="utf-8")
     assert doc == env_reference_markdown(), "docs/configuration.md is stale: regenerate it (see its header)"
     assert all(f"| `{name}` |" in doc for name in ENV)
+
+
+def test_every_env_read_is_in_the_configuration_reference():
+    """Every env name read anywhere in sedna_sam/ (an AST scan: os.environ[...], .get,
+    getenv, get_param and their one-level wrappers, with literal names or string constants,
+    imported ones too) is in sedna_compat.ENV, so docs/configuration.md lists it."""
+    from env_scan import code_env_reads
+
+    from sedna_sam.sedna_compat import ENV
+
+    read, _ = code_env_reads()
+    known = set(ENV) | {name.upper() for name in ENV}  # get_param looks names up upper-cased too
+    unregistered = sorted(
+        {f"{name} (read in {package or 'sedna_sam'})" for package, name in read if name not in known}
+    )
+    assert not unregistered, (
+        "env variables read but not in sedna_sam.sedna_compat.ENV (add them with their meaning, default "
+        "and secret flag, then regenerate docs/configuration.md): " + ", ".join(unregistered)
+    )
+    assert {"LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT", "SEDNA_SAM_SHARD_COUNT", "HF_HUB_OFFLINE"} <= {
+        name for _, name in read
+    }, "the scan no longer sees reads through constants and imported constants"
+
+
+def test_the_env_scan_catches_an_unregistered_read(tmp_path):
+    """A read through a literal, a local constant, an imported constant or a module
+    attribute is found; a name kept in a variable is not (it cannot be checked)."""
+    from env_scan import code_env_reads
+
+    package = tmp_path / "pkg"
+    (package / "sub").mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    (package / "sub" / "__init__.py").write_text("")
+    (package / "names.py").write_text('FROM_IMPORT = "NEW_A"\nFROM_MODULE = "NEW_B"\n')
+    (package / "sub" / "reader.py").write_text(
+        "import os\n"
+        "from pkg import names\n"
+        "from pkg.names import FROM_IMPORT\n"
+        'LOCAL = "NEW_C"\n'
+        "def f(variable):\n"
+        "    os.environ.get(FROM_IMPORT)\n"
+        "    os.getenv(names.FROM_MODULE)\n"
+        "    os.environ[LOCAL]\n"
+        '    os.environ.get("NEW_D", "x")\n'
+        "    os.environ.get(variable)\n"
+    )
+    read, required = code_env_reads(package)
+    assert read == {("sub", "NEW_A"), ("sub", "NEW_B"), ("sub", "NEW_C"), ("sub", "NEW_D")}
+    assert required == {("sub", "NEW_C")}

@@ -50,9 +50,9 @@ def test_sedna_env_ok_fail_warn():
 
 def forget_sedna_modules(monkeypatch) -> None:
     """Make the next `import sedna...` look again (other tests imported the real lib)."""
-    from sedna_sam import sedna_compat
+    from sedna_sam import sedna_lib
 
-    sedna_compat.sedna_lib.cache_clear()
+    sedna_lib.sedna_lib.cache_clear()
     for name in [m for m in sys.modules if m == "sedna" or m.startswith("sedna.")]:
         monkeypatch.delitem(sys.modules, name)
 
@@ -61,14 +61,14 @@ def forget_sedna_modules(monkeypatch) -> None:
 def lib_cache_reset():
     """The fake `sedna` packages of a test, and what sedna_lib() cached while they were on
     the path, must not outlive it: the real lib's modules come back afterwards."""
-    from sedna_sam import sedna_compat
+    from sedna_sam import sedna_lib
 
     before = {k: v for k, v in sys.modules.items() if k == "sedna" or k.startswith("sedna.")}
     yield
     for name in [m for m in sys.modules if m == "sedna" or m.startswith("sedna.")]:
         del sys.modules[name]
     sys.modules.update(before)
-    sedna_compat.sedna_lib.cache_clear()
+    sedna_lib.sedna_lib.cache_clear()
 
 
 @pytest.mark.usefixtures("lib_cache_reset")

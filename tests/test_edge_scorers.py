@@ -124,3 +124,45 @@ def test_auroc_known_values():
     known, unknown = rng.normal(0, 1, 300), rng.normal(1, 1, 200)
     pairs = (unknown[:, None] > known[None, :]).mean()
     assert auroc(known, unknown) == pytest.approx(pairs)
+
+
+def mann_whitney_auroc(known, unknown) -> float:
+    """The reference: every (unknown, known) pair compared, a win 1, a tie 0.5, divided by
+    the number of pairs (the Mann-Whitney U statistic, written independently of ranks)."""
+    total = 0.0
+    for u in unknown:
+        for k in known:
+            total += 1.0 if u > k else 0.5 if u == k else 0.0
+    return total / (len(known) * len(unknown))
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_auroc_equals_the_pairwise_count_on_random_and_tied_scores(seed):
+    """auroc's rank formula (average ranks over ties) against the brute-force pair count:
+    continuous scores, scores from a few levels (many ties within and across the groups),
+    constant scores, and one-sample groups."""
+    from sedna_sam.edge.scorers import auroc
+
+    rng = np.random.default_rng(seed)
+    n_known, n_unknown = int(rng.integers(1, 60)), int(rng.integers(1, 60))
+    cases = [
+        (rng.normal(0, 1, n_known), rng.normal(0.5, 1, n_unknown)),
+        (rng.integers(0, 4, n_known).astype(float), rng.integers(1, 5, n_unknown).astype(float)),
+        (np.round(rng.random(n_known), 1), np.round(rng.random(n_unknown), 1)),
+        (np.full(n_known, 0.3), np.full(n_unknown, 0.3)),
+        (rng.random(1), rng.random(n_unknown)),
+    ]
+    for known, unknown in cases:
+        assert auroc(known, unknown) == pytest.approx(mann_whitney_auroc(known, unknown), abs=1e-12)
+        assert auroc(list(known), list(unknown)) == pytest.approx(
+            mann_whitney_auroc(known, unknown), abs=1e-12
+        )
+
+
+def test_auroc_refuses_an_empty_group():
+    from sedna_sam.edge.scorers import auroc
+
+    with pytest.raises(ValueError, match="at least one"):
+        auroc([], [0.5])
+    with pytest.raises(ValueError, match="at least one"):
+        auroc([0.5], [])

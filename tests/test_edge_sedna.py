@@ -15,6 +15,7 @@ import pytest
 
 from sedna_sam import sedna_compat as sc
 from sedna_sam.errors import SednaSamError
+from sedna_sam.sedna_lib import sedna_available
 
 
 def test_role_env_names_match_sednas_contract():
@@ -68,7 +69,7 @@ def test_secrets_are_redacted():
 
 
 def test_the_lib_is_kubeedge_sednas():
-    assert sc.sedna_available(), "kubeedge/sedna's lib is not installed: run scripts/install.sh"
+    assert sedna_available(), "kubeedge/sedna's lib is not installed: run scripts/install.sh"
     import sedna.core.lifelong_learning  # noqa: F401  (PyPI's unrelated 'sedna' has no core/)
 
 

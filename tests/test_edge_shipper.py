@@ -286,7 +286,7 @@ def test_supervised_shipper_restarts_after_a_crash_and_makes_a_last_pass(tmp_pat
     """An unexpected error kills the shipper's loop (here: a directory where its ledger file
     belongs); the supervisor counts it and restarts it, and a stop (SIGTERM) gets one last
     pass that ships what was flagged just before."""
-    from sedna_sam.edge.shipper import SupervisedShipper
+    from sedna_sam.edge.supervisor import SupervisedShipper
 
     buf = SampleBuffer(tmp_path / "buf")
     fill(buf, edge_sample, 1)

@@ -82,7 +82,7 @@ def test_annotate_reports_an_image_over_the_cap_and_does_the_others(
     tmp_path, tiny_annotate_options, monkeypatch
 ):
     """annotate reads through read_image_rgb: an image over the cap is one failed item."""
-    from sedna_sam.annotate.engine import annotate_images
+    from sedna_sam.annotate.batch import annotate_images
 
     write_png(tmp_path / "small.png", np.full((64, 128, 3), 90, np.uint8))
     write_png(tmp_path / "large.png", np.full((96, 192, 3), 90, np.uint8))

@@ -15,10 +15,11 @@ import pytest
 
 from sedna_sam.lifelong import data as ds
 from sedna_sam.lifelong.estimator import SegformerEstimator
+from sedna_sam.lifelong.eval_worker import EvalOptions, run_eval_worker
 from sedna_sam.lifelong.evaluate import evaluate_model
 from sedna_sam.lifelong.gate import GatePolicy, decide
 from sedna_sam.lifelong.train import CHECKPOINT_NAME, TrainConfig, train_segformer
-from sedna_sam.lifelong.workers import EvalOptions, TrainOptions, plan_training, run_eval_worker
+from sedna_sam.lifelong.train_worker import TrainOptions, plan_training
 
 # Small but real: enough steps at a high learning rate for a tiny model to learn the
 # scenes' big regions in well under a minute on two shared cores.

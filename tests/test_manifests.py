@@ -20,6 +20,7 @@ from pathlib import Path
 import jsonschema
 import pytest
 import yaml
+from env_scan import code_env_reads, env_read
 
 ROOT = Path(__file__).resolve().parent.parent
 MANIFESTS = ROOT / "manifests"
@@ -125,100 +126,6 @@ def containers(target: str):
             for init, key in ((True, "initContainers"), (False, "containers")):
                 for c in spec.get(key, []):
                     yield where, container_role(where, c, init), c, spec
-
-
-@cache
-def code_env_reads() -> tuple[frozenset, frozenset]:
-    """(all env names our package reads, those read without a default: os.environ[NAME]),
-    each as (package, name) pairs, from an AST scan of sedna_sam/.
-
-    Reads are ``os.environ[NAME]``, ``os.environ.get(NAME)``, ``os.getenv(NAME)``,
-    ``sedna_compat.get_param(NAME)`` and calls of one-level wrappers: a function whose
-    parameter is passed on as the name to one of those (``pick("steps", "TRAIN_STEPS")``)."""
-    read, required = set(), set()
-    for path in (ROOT / "sedna_sam").rglob("*.py"):
-        rel = path.relative_to(ROOT / "sedna_sam").parts
-        package = rel[0] if len(rel) > 1 else ""
-        tree = ast.parse(path.read_text(encoding="utf-8"), str(path))
-        wrappers = env_wrappers(tree)
-        constants = module_constants(tree)
-        for node in ast.walk(tree):
-            name, has_default = env_read(node, wrappers, constants)
-            if name is not None:
-                read.add((package, name))
-                if not has_default:
-                    required.add((package, name))
-    return frozenset(read), frozenset(required)
-
-
-def is_environ(node: ast.AST) -> bool:
-    return (isinstance(node, ast.Attribute) and node.attr == "environ") or (
-        isinstance(node, ast.Name) and node.id == "environ"
-    )
-
-
-def func_name(func: ast.AST) -> str | None:
-    return func.attr if isinstance(func, ast.Attribute) else func.id if isinstance(func, ast.Name) else None
-
-
-def env_read_call(node: ast.Call) -> ast.AST | None:
-    """The name argument of a direct env read call (environ.get, getenv, get_param)."""
-    name = func_name(node.func)
-    is_get = (
-        name in ("get", "setdefault") and isinstance(node.func, ast.Attribute) and is_environ(node.func.value)
-    )
-    if (is_get or name in ("getenv", "get_param")) and node.args:
-        return node.args[0]
-    return None
-
-
-def env_wrappers(tree: ast.AST) -> dict[str, int]:
-    """{function name: index of the parameter it passes on as an env name}."""
-    wrappers = {}
-    for fn in ast.walk(tree):
-        if not isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
-            continue
-        params = [a.arg for a in fn.args.args]
-        for node in ast.walk(fn):
-            if isinstance(node, ast.Call):
-                arg = env_read_call(node)
-                if isinstance(arg, ast.Name) and arg.id in params:
-                    wrappers[fn.name] = params.index(arg.id)
-    return wrappers
-
-
-def module_constants(tree: ast.Module) -> dict[str, str]:
-    """Module-level ``NAME = "string"`` assignments (env names kept in a constant)."""
-    found = {}
-    for node in tree.body:
-        if isinstance(node, ast.Assign) and isinstance(node.value, ast.Constant):
-            if isinstance(node.value.value, str):
-                for target in node.targets:
-                    if isinstance(target, ast.Name):
-                        found[target.id] = node.value.value
-    return found
-
-
-def env_read(
-    node: ast.AST, wrappers: dict[str, int] | None = None, constants: dict[str, str] | None = None
-) -> tuple[str | None, bool]:
-    """(NAME, has_default) when the node reads an env variable with a constant name (a
-    literal, or a module-level constant holding one)."""
-    if isinstance(node, ast.Subscript) and is_environ(node.value):
-        key = node.slice
-        if isinstance(key, ast.Constant) and isinstance(key.value, str):
-            if isinstance(getattr(node, "ctx", None), ast.Load):
-                return key.value, False
-    if isinstance(node, ast.Call):
-        arg = env_read_call(node)
-        index = (wrappers or {}).get(func_name(node.func) or "")
-        if arg is None and index is not None and len(node.args) > index:
-            arg = node.args[index]
-        if isinstance(arg, ast.Name) and arg.id in (constants or {}):
-            return (constants or {})[arg.id], True
-        if isinstance(arg, ast.Constant) and isinstance(arg.value, str):
-            return arg.value, True  # .get/getenv/get_param: None (or the default) when unset
-    return None, True
 
 
 def contract_env_names() -> set[str]:

@@ -14,12 +14,9 @@ import json
 import numpy as np
 import pytest
 
-from sedna_sam.annotate.openvocab import (
-    build_tiny_clip,
-    combine_closed_open,
-    load_clip,
-    mask_crops,
-)
+from sedna_sam.annotate.clip import load_clip, mask_crops
+from sedna_sam.annotate.openvocab import combine_closed_open
+from sedna_sam.annotate.tiny_clip import build_tiny_clip
 from sedna_sam.errors import SednaSamError
 
 COLOURS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 40, 220), "yellow": (230, 220, 30)}

@@ -49,7 +49,7 @@ def fmt(x):
 @pytest.fixture(scope="module")
 def evaluated(two_domains, tmp_path_factory, labels):
     """A gated evaluation of two tiny models on both domains (the standalone eval worker)."""
-    from sedna_sam.lifelong.workers import EvalOptions, run_eval_worker
+    from sedna_sam.lifelong.eval_worker import EvalOptions, run_eval_worker
     from sedna_sam.segformer import build_tiny_segformer
 
     out = tmp_path_factory.mktemp("round") / "eval"

@@ -20,7 +20,7 @@ import pytest
 import requests
 from fixtures_sedna import KB_PYTHON, ROOT, require_sedna_install, sedna_package_dir
 
-from sedna_sam import sedna_compat
+from sedna_sam import sedna_lib
 
 REF = os.environ.get("SEDNA_REF", "v0.7.0")  # what install.sh installed (install-sedna-lib.sh's default)
 VENDORED = ROOT.parent / "shared" / "vendor" / f"sedna-lib-{REF}.tar.gz"
@@ -62,7 +62,7 @@ def test_venv_has_the_kubeedge_lib_with_the_recorded_tag():
     assert Path(sys.prefix) in package_dir.parents, f"{package_dir} is not in this venv ({sys.prefix})"
     tag = recorded_tag(package_dir)
     check_tag(tag)
-    assert sedna_compat.sedna_lib_version() == tag
+    assert sedna_lib.sedna_lib_version() == tag
     # The worker path imports in a fresh interpreter (the lib's version still says 0.4.1).
     out = subprocess.run(
         [

@@ -202,7 +202,7 @@ def run_shard(
     ``out_url``, skipping finished ones, and write the shard's report there.
 
     ``annotate(images, out_dir, on_done)`` is the batch annotator
-    (:func:`sedna_sam.annotate.engine.annotate_images` with the options bound): called
+    (:func:`sedna_sam.annotate.batch.annotate_images` with the options bound): called
     on local files and a local output directory; ``on_done(image)`` after each success.
     """
     from sedna_sam.storage import is_image_file

@@ -150,7 +150,7 @@ def build_semantic_engine(config: ServiceConfig) -> SemanticOnly:
 def pre_annotate(engine, config: ServiceConfig, layout: DatasetLayout, image: Path) -> None:
     """SSA JSON (+ overlay PNG) for ``image`` unless a valid one exists, then its Label
     Studio task. Both writes are atomic, so a rerun after a crash redoes at most one."""
-    from sedna_sam.annotate.engine import annotate_file, is_done
+    from sedna_sam.annotate.batch import annotate_file, is_done
     from sedna_sam.formats.ssa import read_ssa
 
     if not is_done(layout.ssa_output, image.stem, save_img=True):

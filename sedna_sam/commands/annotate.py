@@ -1,11 +1,12 @@
-"""``sedna-sam annotate``, ``sedna-sam models list|download``, ``sedna-sam demo``."""
+"""``sedna-sam annotate``: the flags, the options they make, the run over shards.
+
+The model and SAM flags (:func:`add_model_args`, :func:`add_sam_args`) and
+:func:`options_from_args` are shared with ``sedna-sam demo`` (:mod:`sedna_sam.commands.demo`)."""
 
 from __future__ import annotations
 
 import argparse
 import logging
-import shutil
-from pathlib import Path
 
 from sedna_sam.commands import add_config_path, finish
 from sedna_sam.errors import SednaSamError
@@ -27,7 +28,7 @@ SEGFORMER_HINT = (
 SAM_BACKEND_CHOICES = ("auto", "compiled", "eager", "onnx")
 
 
-def _options_from_args(args: argparse.Namespace, labels):
+def options_from_args(args: argparse.Namespace, labels):
     from sedna_sam.annotate.engine import AnnotateOptions
     from sedna_sam.annotate.modes import SamMode
     from sedna_sam.annotate.sam import sam_params
@@ -109,12 +110,12 @@ def _annotate(args: argparse.Namespace) -> int:
         raise SednaSamError("--ckpt-path is required (a SAM checkpoint, e.g. models/sam_vit_h_4b8939.pth)")
     if not args.semantic_model:
         raise SednaSamError(f"--semantic-model is required. {SEGFORMER_HINT}")
-    from sedna_sam.annotate.engine import annotate_images
+    from sedna_sam.annotate.batch import annotate_images
     from sedna_sam.labels import load_labels
 
     shard = shards.shard_from(args.shard_index, args.shard_count)
     labels = load_labels(args.config_path or args.dataset)
-    options = _options_from_args(args, labels)
+    options = options_from_args(args, labels)
     log.info(
         "annotating %s -> %s%s (SAM %s, %s %s, labeler %s, points_per_side %d)",
         data_dir,
@@ -130,9 +131,10 @@ def _annotate(args: argparse.Namespace) -> int:
 
     def annotate(images, out, on_done):
         if args.world_size == 1 and "annotator" not in loaded:  # chunks of a URL input reuse the models
-            from sedna_sam.annotate.engine import Annotator, _device_for
+            from sedna_sam.annotate.batch import device_for
+            from sedna_sam.annotate.engine import Annotator
 
-            loaded["annotator"] = Annotator.from_options(options, _device_for(0, options))
+            loaded["annotator"] = Annotator.from_options(options, device_for(0, options))
         return annotate_images(
             images,
             out,
@@ -157,7 +159,7 @@ def _annotate(args: argparse.Namespace) -> int:
     return finish(report)
 
 
-def _add_model_args(p: argparse.ArgumentParser, required: bool = True) -> None:
+def add_model_args(p: argparse.ArgumentParser, required: bool = True) -> None:
     p.add_argument(
         "--ckpt-path",
         "--ckpt_path",
@@ -179,7 +181,7 @@ def _add_model_args(p: argparse.ArgumentParser, required: bool = True) -> None:
     p.add_argument("--device", default=None, help="cuda, cuda:1, cpu (default: CUDA when present)")
 
 
-def _add_sam_args(p: argparse.ArgumentParser) -> None:
+def add_sam_args(p: argparse.ArgumentParser) -> None:
     from sedna_sam.annotate.labelers import LABELERS, load_plugins
     from sedna_sam.annotate.semantic import SEMANTIC_BACKENDS
 
@@ -293,7 +295,7 @@ def _register_annotate(subparsers) -> None:
         default=None,
         help="dataset root: reads raw_data/, writes ssa_output/",
     )
-    _add_model_args(p, required=False)
+    add_model_args(p, required=False)
     p.add_argument(
         "--dataset",
         default="cityscapes",
@@ -340,185 +342,9 @@ def _register_annotate(subparsers) -> None:
     g.add_argument(
         "--staging-dir", default=None, help="local scratch for URL inputs/outputs (default: the temp dir)"
     )
-    _add_sam_args(p)
+    add_sam_args(p)
     p.set_defaults(func=_annotate)
-
-
-# --- models ------------------------------------------------------------------------------
-
-
-def _models_list(args: argparse.Namespace) -> int:
-    from sedna_sam.models import CHECKPOINTS, verify_checkpoint
-
-    directory = Path(args.dir) if args.dir else None
-    print(f"{'name':6} {'file':22} {'bytes':>14}  {'sha256':64}" + ("  status" if directory else ""))
-    for c in CHECKPOINTS.values():
-        line = f"{c.name:6} {c.filename:22} {c.size:>14,}  {c.sha256 or '(unknown: size check only)':64}"
-        if directory is not None:
-            path = directory / c.filename
-            if not path.exists():
-                partial = path.with_name(path.name + ".part").exists()
-                status = "missing" + (" (partial download: rerun download to resume)" if partial else "")
-            else:
-                try:
-                    verify_checkpoint(path, c, check_hash=args.verify)
-                    status = "present, " + ("sha256 ok" if args.verify else "size ok")
-                except SednaSamError as exc:
-                    status = f"BAD: {exc}"
-            line += f"  {status}"
-        print(line)
-    return 0
-
-
-def _models_download(args: argparse.Namespace) -> int:
-    from sedna_sam.models import download_checkpoint
-
-    path = download_checkpoint(args.name, args.dir, url=args.url, progress=not args.no_progress)
-    print(path)
-    return 0
-
-
-def _register_models(subparsers) -> None:
-    p = subparsers.add_parser("models", help="official SAM checkpoints: list, download")
-    sub = p.add_subparsers(dest="models_command", metavar="ACTION", required=True)
-    ls = sub.add_parser("list", help="names, files, sizes, sha256; with --dir, what is present")
-    ls.add_argument("--dir", default=None, help="checkpoint directory to check")
-    ls.add_argument("--verify", action="store_true", help="hash present files (slow for vit_h)")
-    ls.set_defaults(func=_models_list)
-    dl = sub.add_parser(
-        "download",
-        help="download a checkpoint (resumes, verifies sha256)",
-        description="Download vit_h, vit_l or vit_b from dl.fbaipublicfiles.com into --dir. An interrupted "
-        "download resumes from its .part file (HTTP Range); the file is renamed into place only after its "
-        "size and sha256 match. Offline, the error says which file to put where.",
-    )
-    dl.add_argument("name", help="vit_h, vit_l or vit_b")
-    dl.add_argument("--dir", default="models", help="destination directory (default ./models)")
-    dl.add_argument("--url", default=None, help="mirror URL of the same file (default: the official URL)")
-    dl.add_argument("--no-progress", action="store_true")
-    dl.set_defaults(func=_models_download)
-
-
-# --- demo --------------------------------------------------------------------------------
-
-EXAMPLES_RAW = Path(__file__).resolve().parents[2] / "examples" / "dataset" / "raw_data"
-TINY_WARNING = (
-    "\n" + "!" * 78 + "\n"
-    "!! --tiny-random-models: SAM and Segformer with RANDOM weights. The masks and classes are\n"
-    "!! MEANINGLESS; this only exercises the plumbing (files, formats, resume) offline.\n"
-    "!! For real pre-annotations pass --ckpt-path and --semantic-model.\n" + "!" * 78
-)
-
-
-def _demo_models(args: argparse.Namespace, work: Path, labels):
-    """(ckpt path, semantic model, SAM overrides, random?) for the demo, or raise with instructions."""
-    from sedna_sam.models import CHECKPOINTS, download_hint
-
-    if args.ckpt_path and args.semantic_model:
-        return args.ckpt_path, args.semantic_model, {}, False
-    if not args.tiny_random_models:
-        raise SednaSamError(
-            "the demo needs models: --ckpt-path and --semantic-model, or --tiny-random-models "
-            "for an offline plumbing run with meaningless masks.\n"
-            f"SAM: {download_hint(CHECKPOINTS['vit_b'].filename, 'models')}\n{SEGFORMER_HINT}"
-        )
-    from sedna_sam.models import tiny_random_models
-
-    log.warning("%s", TINY_WARNING)
-    ckpt, semantic, tiny = tiny_random_models(work / "models", labels)
-    return ckpt, semantic, tiny, True
-
-
-def push_step(dataset_dir: Path, labels, args: argparse.Namespace) -> int:
-    """Push the demo's Label Studio tasks (``ls_data/``) to ``--label-studio-url`` and print
-    where a person corrects them."""
-    from sedna_sam.labelstudio.client import project_url, push_dataset
-
-    report = push_dataset(dataset_dir, labels, url=args.label_studio_url, project=args.project)
-    project = getattr(report, "project", None)
-    if project is not None:
-        print(f"correct the pre-annotations at {project_url(args.label_studio_url, project['id'])}")
-    return finish(report)
-
-
-def _demo(args: argparse.Namespace) -> int:
-    import dataclasses
-
-    from sedna_sam import convert
-    from sedna_sam.annotate.engine import annotate_dataset
-    from sedna_sam.labels import load_labels
-    from sedna_sam.storage import DatasetLayout, list_images
-
-    work = Path(args.out).resolve()
-    layout = DatasetLayout(work)
-    labels = load_labels(args.config_path or args.dataset)
-    ckpt, semantic, overrides, random_models = _demo_models(args, work, labels)
-    source = Path(args.images) if args.images else EXAMPLES_RAW
-    if not source.is_dir() or not list_images(source):
-        raise SednaSamError(
-            f"{source}: no example images (run examples/make_example_images.py or pass --images DIR)"
-        )
-    layout.raw_data.mkdir(parents=True, exist_ok=True)
-    for img in list_images(source):
-        if not (layout.raw_data / img.name).exists():
-            shutil.copy2(img, layout.raw_data / img.name)
-    args.ckpt_path, args.semantic_model = ckpt, semantic
-    options = _options_from_args(args, labels)
-    options.sam = dataclasses.replace(
-        options.sam, **{k: v for k, v in overrides.items() if getattr(args, k) is None}
-    )
-    failed = 0
-    print(f"[1/3] annotate {layout.raw_data} -> {layout.ssa_output}")
-    report = annotate_dataset(
-        layout.raw_data, layout.ssa_output, options, save_img=True, progress=not args.no_progress
-    )
-    print("      " + report.summary().replace("\n", "\n      "))
-    failed |= report.exit_code
-    print(f"[2/3] ssa-to-ls -> {layout.root / 'ls_data'}")
-    report = convert.ssa_to_ls(work, labels, progress=not args.no_progress)
-    print("      " + report.summary().replace("\n", "\n      "))
-    failed |= report.exit_code
-    print(f"[3/3] ssa-to-trainids -> {layout.root / 'train_ids'}")
-    report = convert.ssa_to_trainids(work, labels, preview=True, progress=not args.no_progress)
-    print("      " + report.summary().replace("\n", "\n      "))
-    failed |= report.exit_code
-    if args.label_studio_url:
-        failed |= push_step(work, labels, args)
-    if random_models:
-        print("NOTE: tiny random-weight models were used: the outputs are meaningless (plumbing only).")
-    print(f"done: {work}")
-    return failed
-
-
-def _register_demo(subparsers) -> None:
-    p = subparsers.add_parser(
-        "demo",
-        help="one-machine chain on the example images: annotate -> Label Studio tasks -> TrainIds",
-        description="Runs annotate, ssa-to-ls and ssa-to-trainids on examples/dataset/raw_data into --out. "
-        "Needs real models (--ckpt-path, --semantic-model) or --tiny-random-models (offline, meaningless masks).",
-    )
-    p.add_argument("--out", default="demo-output", help="work directory (default ./demo-output)")
-    p.add_argument("--images", default=None, help="image folder instead of the shipped examples")
-    p.add_argument(
-        "--tiny-random-models",
-        action="store_true",
-        help="build tiny random-weight SAM + Segformer (plumbing only)",
-    )
-    p.add_argument(
-        "--label-studio-url",
-        default=None,
-        help="also push the tasks to this Label Studio (LABEL_STUDIO_API_KEY from env)",
-    )
-    p.add_argument("--project", default="sedna-sam", help="Label Studio project title (default sedna-sam)")
-    p.add_argument("--dataset", default="cityscapes", help="labels and SAM defaults (cityscapes)")
-    add_config_path(p)
-    _add_model_args(p, required=False)
-    _add_sam_args(p)
-    p.add_argument("--no-progress", action="store_true")
-    p.set_defaults(func=_demo)
 
 
 def register(subparsers) -> None:
     _register_annotate(subparsers)
-    _register_models(subparsers)
-    _register_demo(subparsers)

@@ -177,6 +177,7 @@ def _store(args) -> str | None:
 def cmd_run(args) -> int:
     from sedna_sam import sedna_compat
     from sedna_sam.edge.worker import WorkerSettings
+    from sedna_sam.sedna_lib import sedna_available
 
     settings = WorkerSettings.from_env(
         model=args.model,
@@ -199,7 +200,7 @@ def cmd_run(args) -> int:
     )
     log.info("edge worker env: %s", sedna_compat.redacted(sedna_compat.read_role_env("inference")))
     stop = _stop_on_signals()
-    use_lib = sedna_compat.sedna_available() and sedna_compat.under_sedna() and not args.no_sedna_lib
+    use_lib = sedna_available() and sedna_compat.under_sedna() and not args.no_sedna_lib
     if not use_lib:
         return _run_frames(args, settings, stop, use_lib=False)
     # Sedna's lib leaves non-daemon threads running: end the process once our work is done.
@@ -226,7 +227,8 @@ def _run_frames(args, settings, stop: threading.Event, use_lib: bool) -> int:
     The summary and the exit status include the shipping: samples left in the buffer and
     shipper crashes fail the run."""
     from sedna_sam.edge.buffer import SampleBuffer
-    from sedna_sam.edge.shipper import Shipper, SupervisedShipper
+    from sedna_sam.edge.shipper import Shipper
+    from sedna_sam.edge.supervisor import SupervisedShipper
     from sedna_sam.edge.worker import EdgeWorker
 
     metrics = None
@@ -310,7 +312,8 @@ def cmd_calibrate(args) -> int:
 def cmd_ship(args) -> int:
     from sedna_sam import sedna_compat
     from sedna_sam.edge.buffer import SampleBuffer
-    from sedna_sam.edge.shipper import Shipper, SupervisedShipper
+    from sedna_sam.edge.shipper import Shipper
+    from sedna_sam.edge.supervisor import SupervisedShipper
 
     store = _store(args)
     if not store:

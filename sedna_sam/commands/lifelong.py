@@ -12,7 +12,8 @@ import logging
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from sedna_sam.lifelong.workers import EvalOptions, TrainOptions
+    from sedna_sam.lifelong.eval_worker import EvalOptions
+    from sedna_sam.lifelong.train_worker import TrainOptions
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +57,7 @@ def _size(text: str) -> tuple[int, int]:
 
 
 def train_options(args: argparse.Namespace) -> TrainOptions:
-    from sedna_sam.lifelong.workers import TrainOptions
+    from sedna_sam.lifelong.train_worker import TrainOptions
 
     return TrainOptions(
         train_index=args.train_index,
@@ -80,7 +81,7 @@ def train_options(args: argparse.Namespace) -> TrainOptions:
 
 
 def eval_options(args: argparse.Namespace, gate: bool) -> EvalOptions:
-    from sedna_sam.lifelong.workers import EvalOptions
+    from sedna_sam.lifelong.eval_worker import EvalOptions
 
     return EvalOptions(
         models=args.models,
@@ -101,7 +102,7 @@ def eval_options(args: argparse.Namespace, gate: bool) -> EvalOptions:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from sedna_sam.lifelong.workers import run_train_worker
+    from sedna_sam.lifelong.train_worker import run_train_worker
 
     report = run_train_worker(train_options(args))
     print(json.dumps(report, indent=2, default=str))
@@ -115,7 +116,7 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace, gate: bool, exit_on_reject: int) -> int:
-    from sedna_sam.lifelong.workers import run_eval_worker
+    from sedna_sam.lifelong.eval_worker import run_eval_worker
 
     result = run_eval_worker(eval_options(args, gate))
     print(f"{'model':60s} {'domain':6s} {'mIoU':>7s} {'images':>6s}")

@@ -22,9 +22,10 @@ error, a store root that is not there), the shipper waits with exponential backo
 (capped) and the samples stay in the buffer. It never creates the store root (a local
 store whose volume did not mount is waited for, not invented): only ``flagged/<node>/``
 below it. Temporary files an interrupted upload left in ``flagged/<node>/`` are removed
-when it starts (and, once old, while it runs). :class:`SupervisedShipper` runs it beside
-the frame loop of ``edge run``: a crash is counted and the loop restarted, and a stop
-(SIGTERM) gets one last bounded pass.
+when it starts (and, once old, while it runs).
+:class:`sedna_sam.edge.supervisor.SupervisedShipper` runs it beside the frame loop of
+``edge run``: a crash is counted and the loop restarted, and a stop (SIGTERM) gets one
+last bounded pass.
 """
 
 from __future__ import annotations
@@ -320,6 +321,11 @@ class Shipper:
         stop = stop or threading.Event()
         self.buffer.clean_orphans()
         self.compact_ledger()
+        # A hand-written backoff on purpose: a single request's retries (a dropped connection,
+        # a throttled PUT) are botocore's, configured in _fail_fast_s3. This loop waits out
+        # outages of minutes or days (a store that is down, full, or not mounted) while the
+        # samples stay in the durable buffer, and picks up again after a restart; no client
+        # retry setting covers that, and letting one retry for that long would block the pass.
         delay = self.backoff_s
         unreachable_since: float | None = None
         self._last_sweep = 0.0  # a (re)start removes every temporary an interrupted upload left
@@ -360,75 +366,15 @@ class Shipper:
         return self.stats
 
 
-class SupervisedShipper:
-    """A :class:`Shipper` in a thread that does not die: an unexpected error is logged,
-    counted (``crashes``, ``last_error``) and the shipper restarted after a backoff (1 s
-    doubling to 60 s); :meth:`stop` ends it with one last bounded pass."""
-
-    def __init__(
-        self,
-        shipper: Shipper,
-        poll_s: float = 2.0,
-        restart_backoff_s: float = 1.0,
-        max_backoff_s: float = 60.0,
-    ) -> None:
-        self.shipper = shipper
-        self.poll_s = poll_s
-        self.restart_backoff_s = restart_backoff_s
-        self.max_backoff_s = max_backoff_s
-        self.crashes = 0
-        self.last_error: str | None = None
-        self._stop = threading.Event()
-        self._final_pass_s = 30.0
-        self._thread: threading.Thread | None = None
-
-    def start(self) -> SupervisedShipper:
-        self._thread = threading.Thread(target=self.run_forever, name="shipper", daemon=True)
-        self._thread.start()
-        return self
-
-    def run_forever(self) -> None:
-        """Ship until :meth:`stop`, restarting after crashes (the thread's body; also usable
-        in the foreground)."""
-        delay = self.restart_backoff_s
-        while True:
-            try:
-                self.shipper.run(stop=self._stop, poll_s=self.poll_s)
-                break  # run() returns only once stopped
-            except Exception as exc:  # noqa: BLE001 - the shipper must outlive any one failure
-                self.crashes += 1
-                self.last_error = f"{type(exc).__name__}: {exc}"
-                log.exception("shipper failed (%d so far); restarting in %.0f s", self.crashes, delay)
-                if self._stop.wait(delay):
-                    break
-                delay = min(delay * 2, self.max_backoff_s)
-        try:
-            self.shipper.final_pass(self._final_pass_s)
-        except Exception as exc:  # noqa: BLE001
-            self.crashes += 1
-            self.last_error = f"{type(exc).__name__}: {exc}"
-            log.exception("last shipping pass failed")
-
-    def request_stop(self, final_pass_s: float = 30.0) -> None:
-        """Ask it to stop after one last pass of at most ``final_pass_s`` seconds."""
-        self._final_pass_s = final_pass_s
-        self._stop.set()
-
-    def stop(self, final_pass_s: float = 30.0, join_s: float | None = None) -> None:
-        """:meth:`request_stop`, then wait for the thread up to ``join_s`` (default
-        ``final_pass_s`` + 5)."""
-        self.request_stop(final_pass_s)
-        if self._thread is not None:
-            self._thread.join(final_pass_s + 5 if join_s is None else join_s)
-
-    @property
-    def stats(self) -> ShipStats:
-        return self.shipper.stats
-
-
 def _fail_fast_s3(fs):
     """The same S3 filesystem, giving up on a dead endpoint in seconds instead of ~20 s of
-    s3fs + botocore retries: the shipper's own backoff does the waiting."""
+    s3fs + botocore retries: the shipper's own backoff does the waiting.
+
+    Per-request retries stay with the libraries and are set here, not looped by hand:
+    botocore's ``retries`` config (standard mode: connection errors, throttling, 5xx) and
+    s3fs's ``retries`` attribute (its own retry of the timeouts and broken connections that
+    botocore passes on) each try twice, then the error reaches :meth:`Shipper.ship_one` as
+    :class:`StoreUnreachable`."""
     import fsspec
 
     options = dict(fs.storage_options)

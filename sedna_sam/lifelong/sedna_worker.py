@@ -27,23 +27,20 @@ from pathlib import Path
 from typing import Any
 
 from sedna_sam.errors import SednaSamError
-from sedna_sam.lifelong.evaluate import EvalMetrics
-from sedna_sam.lifelong.gate import GateDecision, write_decision
-from sedna_sam.lifelong.report import report_for_evaluation
-from sedna_sam.lifelong.workers import (
+from sedna_sam.lifelong.eval_worker import (
     GATE_NAME,
     EvalOptions,
     EvalResult,
-    TrainOptions,
-    TrainPlan,
     eval_inputs,
     evaluate_models,
     gate_from_metrics,
-    is_remote,
-    make_estimator,
-    upload_outputs,
     write_metrics,
 )
+from sedna_sam.lifelong.evaluate import EvalMetrics
+from sedna_sam.lifelong.gate import GateDecision, write_decision
+from sedna_sam.lifelong.report import report_for_evaluation
+from sedna_sam.lifelong.train_worker import TrainOptions, TrainPlan, make_estimator
+from sedna_sam.lifelong.worker_env import is_remote, upload_outputs
 from sedna_sam.sedna_job import runtime
 from sedna_sam.storage import atomic_write_bytes, atomic_write_json, local_path
 

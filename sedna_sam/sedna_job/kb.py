@@ -22,9 +22,9 @@ log = logging.getLogger(__name__)
 
 def load_index(path: str | Path) -> dict[str, Any]:
     """The unpickled index (needs kubeedge/sedna's lib)."""
-    from sedna_sam import sedna_compat
+    from sedna_sam.sedna_lib import sedna_available
 
-    if not sedna_compat.sedna_available():
+    if not sedna_available():
         raise SednaSamError(
             f"{path}: a Sedna knowledge-base index; reading it needs kubeedge/sedna's lib "
             "(install it with scripts/install-sedna-lib.sh; the PyPI package named 'sedna' is unrelated), "

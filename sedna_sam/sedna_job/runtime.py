@@ -28,8 +28,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from sedna_sam import sedna_compat
 from sedna_sam.errors import SednaSamError
+from sedna_sam.sedna_lib import sedna_available
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +40,7 @@ LC_OWNER_KIND = "lifelonglearningjob"
 
 
 def require_lib() -> None:
-    if not sedna_compat.sedna_available():
+    if not sedna_available():
         raise SednaSamError(
             "kubeedge/sedna's lib is not installed (scripts/install-sedna-lib.sh installs it; "
             "the PyPI package named 'sedna' is unrelated)"
