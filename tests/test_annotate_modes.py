@@ -41,7 +41,10 @@ def test_flags_resolve_without_measuring(sam):
 
 
 def test_unknown_names_and_unsupported_combinations_fail_with_the_choices(sam):
-    with pytest.raises(SednaSamError, match="choose one of: compiled, eager, onnx"):
+    with pytest.raises(
+        SednaSamError,
+        match="choose one of: compiled, compiled-factored, eager, factored, onnx, onnx-factored",
+    ):
         resolve_mode(sam, SamMode(backend="tensorrt", precision="fp32"), 64)
     with pytest.raises(SednaSamError, match="fp16 is not available on cpu"):
         resolve_mode(sam, SamMode(backend="eager", precision="fp16"), 64)
@@ -60,7 +63,8 @@ def test_auto_on_a_small_workload_is_eager_without_measuring(sam, monkeypatch):
 
 def test_auto_measures_once_per_machine_and_keeps_the_choice(sam, monkeypatch, tmp_path):
     monkeypatch.setenv("SEDNA_SAM_MODEL_CACHE", str(tmp_path))
-    speed = {"eager": 3.0, "compiled": 1.5, "onnx": 2.0}
+    speed = {"eager": 3.0, "compiled": 1.5, "onnx": 2.0, "factored": 2.5, "compiled-factored": 2.2}
+    speed["onnx-factored"] = 2.1
     calls = []
 
     def fake_measure(sam, name, prec, batch, repeats=3):
@@ -70,7 +74,7 @@ def test_auto_measures_once_per_machine_and_keeps_the_choice(sam, monkeypatch, t
     monkeypatch.setattr(modes, "measure_backend", fake_measure)
     mode = resolve_mode(sam, SamMode(backend="auto"), 64, prompts=8192)
     assert (mode.backend, mode.precision, mode.chosen_by) == ("compiled", "fp32", "measured")
-    assert sorted(calls) == [("compiled", "fp32", 64), ("eager", "fp32", 64), ("onnx", "fp32", 64)]
+    assert sorted(calls) == [(name, "fp32", 64) for name in sorted(speed)]
     kept = json.loads((tmp_path / "sam-modes.json").read_text())
     (entry,) = kept.values()
     assert entry["backend"] == "compiled" and entry["seconds_per_batch"]["onnx/fp32"] == 2.0

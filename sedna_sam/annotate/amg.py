@@ -25,8 +25,6 @@ keeps none) into floats; the records here have the same types.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,31 +37,11 @@ from sedna_sam.annotate.backends import DecoderBackend
 from sedna_sam.annotate.decoder import embed_region
 from sedna_sam.annotate.precision import Precision
 from sedna_sam.annotate.rle import BoxMask, box_mask_rles, crop_to_boxes
+from sedna_sam.annotate.stopwatch import Stopwatch
 
 UPSAMPLE_CHUNK = 32  # survivors upsampled at once: bounds memory to 32 full-size float masks
 # Masks left after each step of one image (``MaskGenerator.counts``), in order.
 COUNTS = ("candidates", "iou", "stability", "edge", "box_nms", "crop_nms", "small_changed", "records")
-
-
-class Stopwatch:
-    """Wall and process-CPU seconds per stage; ``sync`` waits for CUDA at each stage end so
-    that GPU time lands in the stage that queued it."""
-
-    def __init__(self, device: str = "cpu", sync: bool = False) -> None:
-        self.wall: dict[str, float] = {}
-        self.cpu: dict[str, float] = {}
-        self.sync = sync and str(device).startswith("cuda")
-
-    @contextmanager
-    def stage(self, name: str) -> Iterator[None]:
-        wall, cpu = time.perf_counter(), time.process_time()
-        try:
-            yield
-        finally:
-            if self.sync:
-                torch.cuda.synchronize()
-            self.wall[name] = self.wall.get(name, 0.0) + time.perf_counter() - wall
-            self.cpu[name] = self.cpu.get(name, 0.0) + time.process_time() - cpu
 
 
 @dataclass

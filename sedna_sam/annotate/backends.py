@@ -18,6 +18,12 @@ Backends:
   in the log and runs eager.
 - ``onnx``: both steps exported once per decoder weights and batch size (cached by a hash
   of the weights under ``<model cache>/sam-decoder/``) and run by onnxruntime on CPU; fp32.
+
+Each comes in two forms (:class:`DecoderForm`): the stock decoder's operations
+(:mod:`~sedna_sam.annotate.decoder`; ``eager``, ``compiled``, ``onnx``) and the factored
+decoder (:mod:`~sedna_sam.annotate.factored`; ``factored``, ``compiled-factored``,
+``onnx-factored``), the same function with the image-side projections moved onto the prompt
+tokens: about half the arithmetic, float rounding not the stock one's.
 """
 
 from __future__ import annotations
@@ -26,13 +32,15 @@ import hashlib
 import logging
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import Tensor
 
 from sedna_sam.annotate import decoder as dec
+from sedna_sam.annotate import factored as fac
 from sedna_sam.annotate.precision import Precision, device_kind
 from sedna_sam.errors import SednaSamError
 from sedna_sam.registry import Registry
@@ -43,10 +51,31 @@ ONNX_OPSET = 17
 EXPORT_FORMAT = "sedna-sam-decoder/1"  # part of the export cache key: bump when the graphs change
 
 
+@dataclass(frozen=True)
+class DecoderForm:
+    """How the per-prompt decoder is written: ``tokens(sam, prefix, sparse)`` ->
+    (iou, hyper_in, keys); ``src(keys, region)`` -> the region's embedding pixels in the
+    layout ``masks(sam, src, hyper_in)`` takes; ``eager``: the registered backend that runs
+    this form without compilation (the fallback)."""
+
+    name: str
+    tokens: Callable[..., tuple[Tensor, Tensor, Tensor]]
+    src: Callable[[Tensor, tuple[int, int]], Tensor]
+    masks: Callable[..., Tensor]
+    eager: str
+
+
+STOCK_FORM = DecoderForm("stock", dec.decode_tokens, dec.region_src, dec.masks_from_src, "eager")
+FACTORED_FORM = DecoderForm(
+    "factored", fac.decode_tokens, fac.region_pixels, fac.masks_from_pixels, "factored"
+)
+
+
 class DecoderBackend:
     """``eager``: the decoder's modules as they are (see the module docstring)."""
 
     name = "eager"
+    form: DecoderForm = STOCK_FORM
     precisions: tuple[str, ...] = ("fp32", "bf16", "fp16")
     devices: tuple[str, ...] = ("cpu", "cuda")
 
@@ -73,8 +102,8 @@ class DecoderBackend:
 
     @property
     def effective(self) -> str:
-        """The backend that actually runs (``eager`` after a failed compilation)."""
-        return "eager" if self.fallback else self.name
+        """The backend that actually runs (the form's eager one after a failed compilation)."""
+        return self.form.eager if self.fallback else self.name
 
     def prefix(self, features: Tensor) -> dec.ImagePrefix:
         with self.precision.autocast(self.device):
@@ -82,16 +111,25 @@ class DecoderBackend:
 
     def tokens(self, prefix: dec.ImagePrefix, sparse: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         with self.precision.autocast(self.device):
-            iou, hyper, keys = dec.decode_tokens(self.sam, prefix, sparse)
+            iou, hyper, keys = self.form.tokens(self.sam, prefix, sparse)
         return iou.float(), hyper, keys
 
     def masks(self, keys: Tensor, hyper: Tensor, region: tuple[int, int], prompts: Tensor) -> Tensor:
         with self.precision.autocast(self.device):
-            return dec.decode_masks(self.sam, keys[prompts], hyper[prompts], region).float()
+            src = self.form.src(keys[prompts], region)
+            return self.form.masks(self.sam, src, hyper[prompts]).float()
 
 
 DECODER_BACKENDS: Registry[DecoderBackend] = Registry("SAM decoder backend")
 DECODER_BACKENDS.register("eager")(DecoderBackend)
+
+
+@DECODER_BACKENDS.register("factored")
+class FactoredBackend(DecoderBackend):
+    """The factored decoder (:mod:`~sedna_sam.annotate.factored`), eager."""
+
+    name = "factored"
+    form = FACTORED_FORM
 
 
 def pad_rows(x: Tensor, rows: int) -> Tensor:
@@ -122,10 +160,10 @@ class CompiledBackend(DecoderBackend):
         self._masks = torch.compile(self._masks_graph, dynamic=False)
 
     def _tokens_graph(self, keys, pe, k0, v0, q_img0, sparse):
-        return dec.decode_tokens(self.sam, dec.ImagePrefix(keys, pe, k0, v0, q_img0), sparse)
+        return self.form.tokens(self.sam, dec.ImagePrefix(keys, pe, k0, v0, q_img0), sparse)
 
     def _masks_graph(self, keys, hyper, rows: int, cols: int):
-        return dec.decode_masks(self.sam, keys, hyper, (rows, cols))
+        return self.form.masks(self.sam, self.form.src(keys, (rows, cols)), hyper)
 
     def _run(self, key: tuple, compiled, eager, *args):
         """``compiled(*args)``; the first call of a shape is timed as warm-up; any failure
@@ -177,25 +215,35 @@ class CompiledBackend(DecoderBackend):
         return low[:n][prompts].float()
 
 
+@DECODER_BACKENDS.register("compiled-factored")
+class CompiledFactoredBackend(CompiledBackend):
+    """``torch.compile`` of the factored decoder; ``factored`` when compilation fails."""
+
+    name = "compiled-factored"
+    form = FACTORED_FORM
+
+
 # --- onnx -------------------------------------------------------------------------------
 
 
 class _TokensGraph(torch.nn.Module):
-    def __init__(self, sam) -> None:
+    def __init__(self, sam, form: DecoderForm) -> None:
         super().__init__()
         self.sam = sam
+        self.form = form
 
     def forward(self, keys, pe, k0, v0, q_img0, sparse):
-        return dec.decode_tokens(self.sam, dec.ImagePrefix(keys, pe, k0, v0, q_img0), sparse)
+        return self.form.tokens(self.sam, dec.ImagePrefix(keys, pe, k0, v0, q_img0), sparse)
 
 
 class _MasksGraph(torch.nn.Module):
-    def __init__(self, sam) -> None:
+    def __init__(self, sam, form: DecoderForm) -> None:
         super().__init__()
         self.sam = sam
+        self.form = form
 
     def forward(self, src, hyper):
-        return dec.masks_from_src(self.sam, src, hyper)
+        return self.form.masks(self.sam, src, hyper)
 
 
 def decoder_fingerprint(sam) -> str:
@@ -209,15 +257,17 @@ def decoder_fingerprint(sam) -> str:
     return h.hexdigest()
 
 
-def export_onnx(sam, batch: int, cache_dir: Path | None = None) -> tuple[Path, Path, float]:
+def export_onnx(
+    sam, batch: int, cache_dir: Path | None = None, form: DecoderForm = STOCK_FORM
+) -> tuple[Path, Path, float]:
     """(tokens graph, masks graph, seconds spent exporting: 0 when cached) for ``sam``'s
-    decoder at ``batch`` prompts, exported once into ``cache_dir`` (default the model
-    cache) under the hash of its weights."""
+    decoder in ``form`` at ``batch`` prompts, exported once into ``cache_dir`` (default the
+    model cache) under the hash of its weights."""
     from sedna_sam.storage import atomic_write_bytes
 
     cache_dir = Path(cache_dir or default_cache_dir()) / "sam-decoder"
     key = decoder_fingerprint(sam)[:24]
-    versions = f"torch{torch.__version__.split('+')[0]}-opset{ONNX_OPSET}"
+    versions = f"torch{torch.__version__.split('+')[0]}-opset{ONNX_OPSET}-{form.name}"
     tokens_path = cache_dir / f"{key}-{versions}-tokens-b{batch}.onnx"
     masks_path = cache_dir / f"{key}-{versions}-masks.onnx"
     if tokens_path.is_file() and masks_path.is_file():
@@ -228,12 +278,15 @@ def export_onnx(sam, batch: int, cache_dir: Path | None = None) -> tuple[Path, P
         features = torch.zeros(1, model.prompt_encoder.embed_dim, dec.EMBED_SIDE, dec.EMBED_SIDE)
         prefix = dec.image_prefix(model, features)
         sparse = torch.zeros(batch, 2, model.prompt_encoder.embed_dim)
-        _, hyper, keys = dec.decode_tokens(model, prefix, sparse)
-        src = dec.region_src(keys, (dec.EMBED_SIDE, dec.EMBED_SIDE)).contiguous()
+        _, hyper, keys = form.tokens(model, prefix, sparse)
+        src = form.src(keys, (dec.EMBED_SIDE, dec.EMBED_SIDE)).contiguous()
+        # region rows/columns are dims 2, 3 of the stock (n, C, rows, cols) src, 1, 2 of the
+        # factored channels-last (n, rows, cols, C) one
+        rows_dim = 2 if form is STOCK_FORM else 1
         for path, module, args, names, outputs, dynamic in (
             (
                 tokens_path,
-                _TokensGraph(model),
+                _TokensGraph(model, form),
                 (*prefix.tensors(), sparse),
                 ["keys", "pe", "k0", "v0", "q_img0", "sparse"],
                 ["iou_pred", "hyper_in", "keys_out"],
@@ -241,12 +294,12 @@ def export_onnx(sam, batch: int, cache_dir: Path | None = None) -> tuple[Path, P
             ),
             (
                 masks_path,
-                _MasksGraph(model),
+                _MasksGraph(model, form),
                 (src, hyper),
                 ["src", "hyper_in"],
                 ["low_res"],
                 {
-                    "src": {0: "n", 2: "rows", 3: "cols"},
+                    "src": {0: "n", rows_dim: "rows", rows_dim + 1: "cols"},
                     "hyper_in": {0: "n"},
                     "low_res": {0: "n", 2: "h", 3: "w"},
                 },
@@ -294,26 +347,37 @@ class OnnxBackend(DecoderBackend):
                 "SAM decoder backend onnx needs onnxruntime: pip install 'sedna-sam[onnx]' "
                 "(or onnxruntime), or choose --sam-backend eager|compiled"
             ) from None
-        tokens_path, masks_path, self.warmup_seconds = export_onnx(sam, self.batch, cache_dir)
+        tokens_path, masks_path, self.warmup_seconds = export_onnx(sam, self.batch, cache_dir, self.form)
         options = ort.SessionOptions()
         options.intra_op_num_threads = torch.get_num_threads()
         options.inter_op_num_threads = 1
         start = time.perf_counter()
         self._tokens = ort.InferenceSession(str(tokens_path), options, providers=["CPUExecutionProvider"])
         self._masks = ort.InferenceSession(str(masks_path), options, providers=["CPUExecutionProvider"])
+        # the factored graph does not read every prefix tensor, and the exporter drops those
+        self._token_inputs = {i.name for i in self._tokens.get_inputs()}
         self.warmup_seconds += time.perf_counter() - start
 
     def tokens(self, prefix: dec.ImagePrefix, sparse: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         n = sparse.shape[0]
-        feed = dict(zip(("keys", "pe", "k0", "v0", "q_img0"), (_np(t) for t in prefix.tensors())))
+        names = ("keys", "pe", "k0", "v0", "q_img0")
+        feed = {k: _np(t) for k, t in zip(names, prefix.tensors()) if k in self._token_inputs}
         feed["sparse"] = _np(pad_rows(sparse, self.batch))
         iou, hyper, keys = (torch.from_numpy(a) for a in self._tokens.run(None, feed))
         return iou[:n], hyper[:n], keys[:n]
 
     def masks(self, keys: Tensor, hyper: Tensor, region: tuple[int, int], prompts: Tensor) -> Tensor:
-        src = _np(dec.region_src(keys[prompts], region))
+        src = _np(self.form.src(keys[prompts], region))
         (low,) = self._masks.run(None, {"src": src, "hyper_in": _np(hyper[prompts])})
         return torch.from_numpy(low)
+
+
+@DECODER_BACKENDS.register("onnx-factored")
+class OnnxFactoredBackend(OnnxBackend):
+    """onnxruntime (CPU) on the factored decoder's graphs; fp32."""
+
+    name = "onnx-factored"
+    form = FACTORED_FORM
 
 
 def _np(t: Tensor) -> Any:

@@ -25,7 +25,7 @@ SEGFORMER_HINT = (
 
 # "auto" + sedna_sam.annotate.backends.DECODER_BACKENDS' names, spelled out so that building
 # the parser (`sedna-sam --help`) does not import torch; a test keeps the two equal.
-SAM_BACKEND_CHOICES = ("auto", "compiled", "eager", "onnx")
+SAM_BACKEND_CHOICES = ("auto", "compiled", "compiled-factored", "eager", "factored", "onnx", "onnx-factored")
 
 
 def options_from_args(args: argparse.Namespace, labels):
@@ -240,7 +240,9 @@ def _add_sam_mode_args(p: argparse.ArgumentParser) -> None:
         default="auto",
         choices=SAM_BACKEND_CHOICES,
         help="mask decoder backend: auto (default: the fastest here, measured once per machine and "
-        "cached), eager (bit-exact in fp32), compiled (torch.compile), onnx (onnxruntime, CPU, fp32)",
+        "cached), eager (bit-exact in fp32), compiled (torch.compile), onnx (onnxruntime, CPU, fp32); "
+        "the *factored variants run the same decoder with about half the arithmetic (same masks up "
+        "to float rounding, not bit-exact)",
     )
     g.add_argument(
         "--sam-precision",
