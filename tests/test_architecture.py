@@ -135,3 +135,15 @@ def test_the_env_scan_catches_an_unregistered_read(tmp_path):
     read, required = code_env_reads(package)
     assert read == {("sub", "NEW_A"), ("sub", "NEW_B"), ("sub", "NEW_C"), ("sub", "NEW_D")}
     assert required == {("sub", "NEW_C")}
+
+
+MAX_MODULE_LINES = 450  # one idea per file; past this a module holds two (docs/architecture.md)
+
+
+def test_no_module_is_over_the_size_limit():
+    sizes = {p: len(p.read_text(encoding="utf-8").splitlines()) for p in PACKAGE.rglob("*.py")}
+    over = sorted(
+        f"{p.relative_to(PACKAGE.parent)} ({n} lines)" for p, n in sizes.items() if n > MAX_MODULE_LINES
+    )
+    assert not over, f"modules over {MAX_MODULE_LINES} lines: split them by concept: " + ", ".join(over)
+    assert max(sizes.values()) > 100  # the scan read the package
