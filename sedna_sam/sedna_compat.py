@@ -20,6 +20,7 @@ import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -327,6 +328,12 @@ def get_param(name: str, default: str | None = None, env: Mapping[str, str] | No
     env = os.environ if env is None else env
     value = env.get(name) or env.get(name.upper())
     return value if value else default
+
+
+def given_or_param(given: Any, name: str, default: Any = None, env: Mapping[str, str] | None = None) -> Any:
+    """A flag's value when given (not None), else :func:`get_param` of env ``name``, else
+    ``default``: the one flag-over-env lookup of every worker."""
+    return given if given is not None else get_param(name, default, env)
 
 
 def read_role_env(role: str, env: Mapping[str, str] | None = None) -> dict[str, str]:

@@ -56,13 +56,16 @@ def func_name(func: ast.AST) -> str | None:
 
 
 def env_read_call(node: ast.Call) -> ast.AST | None:
-    """The name argument of a direct env read call (environ.get, getenv, get_param)."""
+    """The name argument of a direct env read call (environ.get, getenv, get_param,
+    given_or_param)."""
     name = func_name(node.func)
     is_get = (
         name in ("get", "setdefault") and isinstance(node.func, ast.Attribute) and is_environ(node.func.value)
     )
     if (is_get or name in ("getenv", "get_param")) and node.args:
         return node.args[0]
+    if name == "given_or_param" and len(node.args) > 1:
+        return node.args[1]
     return None
 
 

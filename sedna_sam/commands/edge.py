@@ -30,7 +30,7 @@ The threshold comes from <model>/sedna_sam_edge.json (`sedna-sam edge calibrate`
 """
 
 
-def _size(text: str) -> int:
+def _byte_size(text: str) -> int:
     """Bytes from ``500M``, ``2G``, ``2GiB`` or a plain number."""
     m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(?:i?b)?\s*", text.lower())
     if not m:
@@ -84,7 +84,7 @@ def register(subparsers) -> None:
         dest="poll_s",
         help="seconds between model-change checks (default: $MODEL_POLL_PERIOD_SECONDS or 30)",
     )
-    run.add_argument("--buffer-max-bytes", type=_size, default="2G", help="buffer size cap (default 2G)")
+    run.add_argument("--buffer-max-bytes", type=_byte_size, default="2G", help="buffer size cap (default 2G)")
     run.add_argument("--buffer-max-count", type=int, default=10_000, help="buffer sample cap (default 10000)")
     run.add_argument(
         "--store",

@@ -48,7 +48,7 @@ Exit status: 0 when the evaluation ran, whatever the decision (Sedna restarts fa
 EXIT_REJECTED = 3
 
 
-def _size(text: str) -> tuple[int, int]:
+def _height_width(text: str) -> tuple[int, int]:
     try:
         h, w = (int(v) for v in text.lower().split("x"))
     except ValueError:
@@ -238,7 +238,10 @@ def register(subparsers) -> None:
         help="share of each batch from replayed samples, 0 disables replay (default 0.5) [$REPLAY_RATIO]",
     )
     p.add_argument(
-        "--input-size", type=_size, default=None, help="train at HxW (default: the model's input size)"
+        "--input-size",
+        type=_height_width,
+        default=None,
+        help="train at HxW (default: the model's input size)",
     )
     p.add_argument("--seed", type=int, default=0, help="seed of batch sampling and flips")
     p.add_argument(

@@ -48,10 +48,10 @@ class BufferedSample:
 
     @property
     def nbytes(self) -> int:
-        return int(self.meta.get("size", 0)) + _size(self.json_path)
+        return int(self.meta.get("size", 0)) + _file_bytes(self.json_path)
 
 
-def _size(path: Path) -> int:
+def _file_bytes(path: Path) -> int:
     try:
         return path.stat().st_size
     except FileNotFoundError:

@@ -67,8 +67,7 @@ class WorkerSettings:
         """Settings from explicit values (``None`` = not given) over Sedna's env names."""
 
         def pick(key: str, env_name: str, default=None):
-            value = given.get(key)
-            return value if value is not None else sedna_compat.get_param(env_name, default, env)
+            return sedna_compat.given_or_param(given.get(key), env_name, default, env)
 
         model = pick("model", "MODEL_URLS")
         if not model:

@@ -41,7 +41,7 @@ class FromEnv:
         self.env = env
 
     def __call__(self, given: Any, name: str, default: Any = None) -> Any:
-        return given if given is not None else sedna_compat.get_param(name, default, env=self.env)
+        return sedna_compat.given_or_param(given, name, default, self.env)
 
 
 def is_remote(url: str) -> bool:
