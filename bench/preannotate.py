@@ -3,7 +3,8 @@ the pipeline (ours vs a straightforward SSA-style loop), same models, same image
 
 Part ``sam`` (default): segment-anything's own ``SamAutomaticMaskGenerator`` against our
 generator (sedna_sam/annotate/amg.py) in each mode ``backend/precision[/encoder precision]``
-(e.g. ``eager/fp32`` = the exact mode, ``compiled/bf16/bf16``), on the same checkpoint and
+(e.g. ``eager/fp32`` = the exact mode, ``compiled-factored/fp32``, ``compiled/bf16/bf16``),
+on the same checkpoint and
 images, interleaved in one process (stock, then each mode, per image and repeat), at two
 SAM settings:
 
@@ -14,7 +15,8 @@ SAM settings:
 Both use SSA's thresholds (pred_iou 0.86, stability 0.92, box NMS 0.7, min region 100).
 Per run: wall and process CPU seconds, per stage (encoder, decoder, upsample, post =
 filters/NMS/small regions/RLE), masks per step; the exact mode's records are compared
-with the stock ones (identical or not), the others by matched-mask IoU. Compilation and
+with the stock ones (identical or not), the others by matched-mask IoU and by the masks
+left after each filter (equal to the exact mode's or not). Compilation and
 ONNX export happen in a warm-up before the timed runs and are reported separately.
 Speed-ups are medians over the paired runs of stock time / our time.
 
@@ -24,7 +26,7 @@ points, filters opened so that masks exist to vote on), plus voting alone on 300
 synthetic masks at 2048x1024.
 
     python bench/preannotate.py --n 2 --size 1024x512 --configs bench \
-        --modes eager/fp32,compiled/fp32,onnx/fp32,compiled/bf16/bf16 --threads 2
+        --modes eager/fp32,onnx/fp32,compiled-factored/fp32,compiled-factored/bf16/bf16 --threads 2
 
 Random weights (no checkpoint download here) score every mask low: at SSA's thresholds few
 or none survive, so the post-processing share is smaller than with real weights (see
@@ -426,7 +428,7 @@ class OursRunner:
         seconds = self.generator.warmup(size)
         return (
             seconds + self.generator.backend.warmup_seconds
-            if self.generator.backend.name == "onnx"
+            if self.generator.backend.name.startswith("onnx")
             else seconds
         )
 
@@ -553,6 +555,11 @@ def summarize(runs: list[dict], modes: list[str]) -> dict:
             p1 = [r["vs_stock"].get("iou_p1") for r in rows if "iou_p1" in r["vs_stock"]]
             entry["iou_p1_min"] = min(p1) if p1 else None
             entry["fallback"] = next((r["fallback"] for r in rows if r.get("fallback")), None)
+            # Masks left after each filter (IoU, stability, edge, NMS, ...) equal to the exact
+            # mode's: the same candidates crossed every threshold, not only the final records.
+            exact = {(r["image"], r["rep"]): r["counts"] for r in runs if r["mode"] == "eager/fp32"}
+            if exact:
+                entry["counts_as_exact"] = all(r["counts"] == exact[(r["image"], r["rep"])] for r in rows)
         out[mode] = entry
     return out
 
@@ -571,6 +578,8 @@ def print_table(config: str, summary: dict, w: int, h: int, n: int, reps: int) -
         same = ""
         if mode != "stock":
             same = "identical" if e["identical"] else f"IoU p1 {e['iou_p1_min']}"
+            if "counts_as_exact" in e:
+                same += ", filter counts " + ("= exact" if e["counts_as_exact"] else "differ")
             if e.get("fallback"):
                 same += f" (fell back: {e['fallback']})"
         print(f"{mode:24}{cells}{speed:>16}{e['masks']:7.0f}  {same}")
@@ -591,7 +600,7 @@ def main() -> None:
     parser.add_argument("--configs", default="bench,ssa", help="SAM settings: bench (32 pts, no crops), ssa")
     parser.add_argument(
         "--modes",
-        default="eager/fp32,compiled/fp32,onnx/fp32,eager/bf16,compiled/bf16,compiled/bf16/bf16",
+        default="eager/fp32,factored/fp32,onnx-factored/fp32,compiled-factored/fp32,compiled-factored/bf16/bf16",
         help="our modes, backend/precision[/encoder precision]",
     )
     parser.add_argument("--open-filters", action="store_true", help="thresholds 0, box NMS 1.0 (sam part)")
