@@ -30,7 +30,7 @@ synthetic masks at 2048x1024.
 
 Random weights (no checkpoint download here) score every mask low: at SSA's thresholds few
 or none survive, so the post-processing share is smaller than with real weights (see
-README); ``--open-filters`` opens them instead. Prints tables, writes JSON (default
+docs/annotate.md); ``--open-filters`` opens them instead. Prints tables, writes JSON (default
 bench/results/preannotate.json).
 """
 

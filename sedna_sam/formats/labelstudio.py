@@ -31,7 +31,7 @@ from sedna_sam.formats.ls_images import image_ref_to_path
 from sedna_sam.geometry import Region, polygon_area, regions_from_class_map
 from sedna_sam.labels import IGNORE_ID, LabelSet
 
-# README documents the Python API of the Label Studio formats under this module: the
+# docs/convert.md documents the Python API of the Label Studio formats under this module: the
 # readers of export files and of image references are re-exported from their own modules.
 __all__ = [
     "POLYGON_TYPE",

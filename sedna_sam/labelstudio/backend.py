@@ -19,7 +19,7 @@ Protocol (label-studio 1.23.2, ``ml/api_connector.py``): ``GET /health``; ``POST
 ``POST /predict`` {tasks, project, label_config, params: {context: {result: [...]}}} ->
 {results: [{result, score, model_version}, ...] one per task}; ``POST /webhook`` (events).
 
-Security (README "Security model"): every route but ``/health`` needs HTTP basic auth (what
+Security (docs/security.md): every route but ``/health`` needs HTTP basic auth (what
 Label Studio's model connection sends) or a bearer token (:class:`BackendAuth`, from env /
 a Secret); ``hostname`` and ``access_token`` of ``/setup`` are ignored, so the Label Studio
 URL and token are only ever the operator's; images are read only from under the
@@ -52,7 +52,7 @@ from sedna_sam.labelstudio.label_config import (
     interactive_labeling_config_xml,
 )
 
-# README documents interactive_labeling_config_xml under this module (it lives in .label_config).
+# docs/interactive.md documents interactive_labeling_config_xml under this module (it lives in .label_config).
 __all__ = ["BackendAuth", "SamBackend", "interactive_labeling_config_xml", "make_backend_server"]
 
 log = logging.getLogger(__name__)

@@ -29,7 +29,7 @@ from sedna_sam.labelstudio.http import LabelStudioError, resolve_credentials
 from sedna_sam.labelstudio.label_config import config_labels
 from sedna_sam.storage import DatasetLayout, atomic_write_bytes, atomic_write_json
 
-# README documents LabelStudioClient under this module too (it lives in .api).
+# docs/labelstudio.md documents LabelStudioClient under this module too (it lives in .api).
 __all__ = [
     "LabelStudioClient",
     "pull_dataset",

@@ -1,5 +1,5 @@
 """Where the interactive backend reads a task's image from: the local-files document root
-or the one configured Label Studio, and nowhere else (README "Security model").
+or the one configured Label Studio, and nowhere else (docs/security.md).
 
 References are decoded by :mod:`sedna_sam.formats.ls_images`; fetches go through the one
 HTTP stack, :mod:`sedna_sam.labelstudio.http`.
