@@ -18,6 +18,33 @@ def tiny_sam_ckpt(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def random_sam(tiny_sam_ckpt):
+    """The tiny random-weight SAM, loaded once (CPU)."""
+    from sedna_sam.models import load_sam
+
+    return load_sam(tiny_sam_ckpt, device="cpu")
+
+
+@pytest.fixture(scope="session")
+def street(labels):
+    """A 96x192 synthetic street scene (RGB uint8)."""
+    from sedna_sam.synthetic import make_street_scene, render_scene
+
+    return render_scene(make_street_scene(96, 192, seed=3), labels, seed=3)
+
+
+@pytest.fixture
+def two_threads():
+    """torch on 2 threads for the test (the CPU count CI and the benches assume)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
 def tiny_annotate_options(tiny_sam_ckpt, tiny_segformer_dir, labels):
     """AnnotateOptions for 64x128 images in about a second each on one CPU thread.
 

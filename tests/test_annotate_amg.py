@@ -63,12 +63,7 @@ def assert_same_records(ours: list[dict], stock: list[dict]) -> None:
         assert not differ and set(a) == set(b), f"record {i} differs in {differ}"
 
 
-@pytest.fixture(autouse=True)
-def _two_threads():
-    before = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("two_threads")
 
 
 def test_exact_mode_equals_stock_on_a_structured_scene(scene_sam):
@@ -220,20 +215,6 @@ OPEN_PARAMS = dict(
     stability_score_thresh=0.0,
     box_nms_thresh=1.0,
 )
-
-
-@pytest.fixture(scope="module")
-def random_sam(tiny_sam_ckpt):
-    from sedna_sam.models import load_sam
-
-    return load_sam(tiny_sam_ckpt, device="cpu")
-
-
-@pytest.fixture(scope="module")
-def street(labels):
-    from sedna_sam.synthetic import make_street_scene, render_scene
-
-    return render_scene(make_street_scene(96, 192, seed=3), labels, seed=3)
 
 
 @pytest.fixture(scope="module")

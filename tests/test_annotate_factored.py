@@ -19,27 +19,7 @@ from sedna_sam.annotate.amg import MaskGenerator
 from sedna_sam.annotate.backends import make_backend
 from sedna_sam.annotate.precision import precision
 
-
-@pytest.fixture(autouse=True)
-def _two_threads():
-    before = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def random_sam(tiny_sam_ckpt):
-    from sedna_sam.models import load_sam
-
-    return load_sam(tiny_sam_ckpt, device="cpu")
-
-
-@pytest.fixture(scope="module")
-def street(labels):
-    from sedna_sam.synthetic import make_street_scene, render_scene
-
-    return render_scene(make_street_scene(96, 192, seed=3), labels, seed=3)
+pytestmark = pytest.mark.usefixtures("two_threads")
 
 
 @pytest.fixture(scope="module")
