@@ -44,6 +44,21 @@ def two_threads():
     torch.set_num_threads(before)
 
 
+@pytest.fixture
+def broken_compile(monkeypatch):
+    """``torch.compile`` as where inductor cannot build (no C++ compiler, an unsupported op):
+    the compiled function raises on its first call."""
+    import torch
+
+    def compile_that_fails(fn, **kwargs):
+        def run(*args):
+            raise RuntimeError("InductorError: CppCompileError: no working C++ compiler")
+
+        return run
+
+    monkeypatch.setattr(torch, "compile", compile_that_fails)
+
+
 @pytest.fixture(scope="session")
 def tiny_annotate_options(tiny_sam_ckpt, tiny_segformer_dir, labels):
     """AnnotateOptions for 64x128 images in about a second each on one CPU thread.

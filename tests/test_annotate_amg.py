@@ -256,19 +256,12 @@ def test_onnx_backend_matches_and_its_export_is_cached(random_sam, street, exact
 
 
 def test_compiled_backend_falls_back_to_eager_when_compilation_fails(
-    random_sam, street, exact_open, monkeypatch, caplog
+    random_sam, street, exact_open, broken_compile, caplog
 ):
     """What happens where inductor cannot build (no C++ compiler, unsupported op): one log
     line, then eager, with the exact mode's records; the metadata names the fallback."""
     from sedna_sam.annotate.modes import ResolvedMode
 
-    def broken_compile(fn, **kwargs):
-        def run(*args):
-            raise RuntimeError("InductorError: CppCompileError: no working C++ compiler")
-
-        return run
-
-    monkeypatch.setattr(torch, "compile", broken_compile)
     backend = make_backend("compiled", random_sam, precision("fp32"), 16)
     with caplog.at_level(logging.WARNING):
         got = MaskGenerator(random_sam, backend, precision("fp32"), **OPEN_PARAMS).generate(street)

@@ -118,15 +118,8 @@ def test_compiled_factored_matches_the_exact_mode(random_sam, street, exact_open
 
 
 def test_compiled_factored_falls_back_to_the_factored_eager_decoder(
-    random_sam, street, exact_open, monkeypatch, caplog
+    random_sam, street, exact_open, broken_compile, caplog
 ):
-    def broken_compile(fn, **kwargs):
-        def run(*args):
-            raise RuntimeError("InductorError: CppCompileError: no working C++ compiler")
-
-        return run
-
-    monkeypatch.setattr(torch, "compile", broken_compile)
     backend = make_backend("compiled-factored", random_sam, precision("fp32"), 16)
     with caplog.at_level(logging.WARNING):
         got = MaskGenerator(random_sam, backend, precision("fp32"), **OPEN_PARAMS).generate(street)
