@@ -13,7 +13,7 @@ from sedna_sam.cloud.server import serve
 from sedna_sam.cloud.service import AnnotationService
 
 
-def local_service_config(tmp_path: Path, labels, secret: str, **overrides) -> ServiceConfig:
+def local_service_config(tmp_path: Path, labels, secret: str = "", **overrides) -> ServiceConfig:
     """A config over ``tmp_path``/store (created) and ``tmp_path``/dataset; polling off."""
     (tmp_path / "store").mkdir(exist_ok=True)
     values = dict(

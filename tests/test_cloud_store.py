@@ -9,9 +9,9 @@ import time
 from pathlib import Path
 
 import numpy as np
+from fixtures_cloud import local_service_config
 
 from sedna_sam.cloud import samples as q
-from sedna_sam.cloud.config import ServiceConfig
 from sedna_sam.cloud.service import AnnotationService
 from sedna_sam.cloud.store import fetch_sample, scan_store
 from sedna_sam.errors import InputError
@@ -39,15 +39,7 @@ def ship(store, tmp_path, node: str, name: str, seed: int) -> str:
 
 
 def make_service(tmp_path, labels, **overrides) -> AnnotationService:
-    config = ServiceConfig(
-        store=str(tmp_path / "store"),
-        dataset_dir=tmp_path / "dataset",
-        index_path=tmp_path / "dataset" / "index.txt",
-        queue_url=f"sqlite:///{tmp_path}/queue.sqlite",
-        labels=labels,
-        **overrides,
-    )
-    return AnnotationService(config)
+    return AnnotationService(local_service_config(tmp_path, labels, **overrides))
 
 
 def test_scan_sees_complete_samples_only(tmp_path, labels):
