@@ -55,19 +55,22 @@ EXPORT_FORMAT = "sedna-sam-decoder/1"  # part of the export cache key: bump when
 class DecoderForm:
     """How the per-prompt decoder is written: ``tokens(sam, prefix, sparse)`` ->
     (iou, hyper_in, keys); ``src(keys, region)`` -> the region's embedding pixels in the
-    layout ``masks(sam, src, hyper_in)`` takes; ``eager``: the registered backend that runs
-    this form without compilation (the fallback)."""
+    layout ``masks(sam, src, hyper_in)`` takes, its region rows at dim ``src_rows_dim`` and
+    columns at the next; ``eager``: the registered backend that runs this form without
+    compilation (the fallback)."""
 
     name: str
     tokens: Callable[..., tuple[Tensor, Tensor, Tensor]]
     src: Callable[[Tensor, tuple[int, int]], Tensor]
     masks: Callable[..., Tensor]
+    src_rows_dim: int
     eager: str
 
 
-STOCK_FORM = DecoderForm("stock", dec.decode_tokens, dec.region_src, dec.masks_from_src, "eager")
+# src: (n, C, rows, cols) for the stock form, channels last (n, rows, cols, C) when factored
+STOCK_FORM = DecoderForm("stock", dec.decode_tokens, dec.region_src, dec.masks_from_src, 2, "eager")
 FACTORED_FORM = DecoderForm(
-    "factored", fac.decode_tokens, fac.region_pixels, fac.masks_from_pixels, "factored"
+    "factored", fac.decode_tokens, fac.region_pixels, fac.masks_from_pixels, 1, "factored"
 )
 
 
@@ -280,9 +283,7 @@ def export_onnx(
         sparse = torch.zeros(batch, 2, model.prompt_encoder.embed_dim)
         _, hyper, keys = form.tokens(model, prefix, sparse)
         src = form.src(keys, (dec.EMBED_SIDE, dec.EMBED_SIDE)).contiguous()
-        # region rows/columns are dims 2, 3 of the stock (n, C, rows, cols) src, 1, 2 of the
-        # factored channels-last (n, rows, cols, C) one
-        rows_dim = 2 if form is STOCK_FORM else 1
+        rows_dim = form.src_rows_dim
         for path, module, args, names, outputs, dynamic in (
             (
                 tokens_path,
