@@ -267,6 +267,16 @@ class LabelStudioProject:
     def task(self, task_id: int) -> dict[str, Any]:
         return self.call("GET", f"/api/tasks/{int(task_id)}")
 
+    def delete_task(self, task_id: int) -> None:
+        """Delete a task (and its predictions); one already gone is no error."""
+        from sedna_sam.labelstudio.api import LabelStudioError
+
+        try:
+            self.call("DELETE", f"/api/tasks/{int(task_id)}/")
+        except LabelStudioError as exc:
+            if exc.status != 404:
+                raise
+
     def push(self, task: dict[str, Any], look_first: bool = False) -> int:
         """Import ``task``; returns its id. With ``look_first``, a task of the project that
         shows the same image (C's ``task_key``: the decoded local-files path) is returned
@@ -335,18 +345,9 @@ def write_trainids_from_task(
     return written
 
 
-def latest_annotations(ls: LabelStudioProject, task_ids: list[int]) -> dict[int, tuple[int, str | None]]:
-    """{task id: (annotation id, updated_at)} of the newest submitted annotation of each
-    of ``task_ids`` that has one (one paged listing of the project; cancelled and skipped
-    ones do not count, as in exports: formats.ls_export.latest_annotation)."""
-    from sedna_sam.formats.ls_export import latest_annotation
+def project_tasks(ls: LabelStudioProject) -> list:
+    """Every task of the project, summarized (id, image stem, newest submitted annotation:
+    :class:`sedna_sam.cloud.strays.TaskSummary`), from one paged listing."""
+    from sedna_sam.cloud.strays import summarize_task
 
-    wanted = set(task_ids)
-    found: dict[int, tuple[int, str | None]] = {}
-    for task in ls.iter_tasks():
-        if task.get("id") not in wanted:
-            continue
-        newest = latest_annotation(task.get("annotations"))
-        if newest is not None:
-            found[int(task["id"])] = (int(newest["id"]), newest.get("updated_at"))
-    return found
+    return [summarize_task(task) for task in ls.iter_tasks()]

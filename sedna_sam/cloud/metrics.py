@@ -32,6 +32,7 @@ PROCESSED = "sedna_sam_samples_processed"  # counters: exposed with "_total"
 FAILED = "sedna_sam_samples_failed"
 WEBHOOKS = "sedna_sam_webhook_requests"
 STAGE_SECONDS = "sedna_sam_stage_seconds"
+DUPLICATE_TASKS = "sedna_sam_duplicate_tasks"
 
 
 @dataclass
@@ -80,6 +81,13 @@ class ServiceMetrics:
             ["outcome"],
             registry=r,
         )
+        self._duplicates = prometheus.Counter(
+            DUPLICATE_TASKS,
+            "Second Label Studio tasks of one sample found by the poll, per action "
+            "(deleted, adopted, conflict: both annotated, left for a person).",
+            ["action"],
+            registry=r,
+        )
         self._seconds = prometheus.Histogram(
             STAGE_SECONDS,
             "Seconds one sample spent in a stage.",
@@ -97,6 +105,9 @@ class ServiceMetrics:
     def webhook(self, outcome: str) -> None:
         self._webhooks.labels(outcome).inc()
 
+    def duplicate_task(self, action: str) -> None:
+        self._duplicates.labels(action).inc()
+
     # -- reading the numbers back (logs, benches, tests) ------------------------------
 
     @property
@@ -113,6 +124,11 @@ class ServiceMetrics:
     def webhooks(self) -> Tally:
         """Webhook requests per outcome so far."""
         return self._totals(self._webhooks, "outcome")
+
+    @property
+    def duplicate_tasks(self) -> Tally:
+        """Second tasks settled per action so far (:mod:`sedna_sam.cloud.strays`)."""
+        return self._totals(self._duplicates, "action")
 
     def mean_seconds(self) -> dict[str, float]:
         """Mean seconds per stage so far (for logs and benches)."""

@@ -137,6 +137,16 @@ class Queue(QueueStore):
             )
             return cur.rowcount == 1
 
+    def move_task(self, sample_id: str, from_task_id: int, to_task_id: int) -> bool:
+        """The sample's Label Studio task becomes ``to_task_id`` if it is still
+        ``from_task_id`` (a stray adopted: :mod:`sedna_sam.cloud.strays`); state unchanged."""
+        with self._tx() as db:
+            cur = db.execute(
+                "UPDATE samples SET ls_task_id = ?, updated_at = ? WHERE sample_id = ? AND ls_task_id = ?",
+                (int(to_task_id), time.time(), sample_id, int(from_task_id)),
+            )
+            return cur.rowcount == 1
+
     def begin_push(self, sample_id: str) -> float | None:
         """Record that a Label Studio task is about to be created for ``sample_id``;
         returns when a push was started before (None: never). Called under

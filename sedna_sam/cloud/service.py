@@ -22,8 +22,9 @@ a replica that dies holds its samples until the lease ends (or it restarts under
 id). The two steps that a compare-and-set cannot make safe run under a lock shared by
 every replica (:meth:`~sedna_sam.cloud.queue_store.QueueStore.lock`): creating the Label Studio
 task of a sample (with a recorded intent, so a replica that died after creating it is
-followed by a search, never by a second task), and rewriting the Sedna index file.
-Polling Label Studio is taken in turns: one replica per interval.
+followed by a search, not by a second task), and rewriting the Sedna index file.
+Polling Label Studio is taken in turns: one replica per interval; the poll also settles
+a second task that Label Studio completed after that search (:mod:`.strays`).
 
 Stages are plain functions registered by the state they start from (:data:`STAGES`).
 The settings are :mod:`sedna_sam.cloud.config`'s; the store is read by
@@ -82,6 +83,7 @@ class AnnotationService:
         self.started_at = time.time()
         self.last_step_at: float | None = None
         self.last_poll_at = 0.0
+        self.reported_conflicts: set[tuple[str, int]] = set()  # (sample, task): logged once
         self._engine = engine  # a loaded pre-annotation engine may be shared (it keeps no per-sample state)
         self._ls = None
         self._store_fs, self._store_root = url_filesystem(config.store)
@@ -234,25 +236,35 @@ class AnnotationService:
 
     def poll(self) -> int:
         """The webhook's fallback: ask Label Studio for the newest annotation of every task
-        still waiting for a person (and of ingested ones, for later corrections)."""
+        still waiting for a person (and of ingested ones, for later corrections). The same
+        listing finds a sample's second tasks, which :mod:`sedna_sam.cloud.strays` settles."""
         from sedna_sam.cloud import adapters
+        from sedna_sam.cloud.strays import plan_strays, settle
 
         self.last_poll_at = time.time()
+        samples = self.queue.all_samples()  # before the listing (see plan_strays)
         waiting = {
-            s.ls_task_id: s for s in self.queue.in_state(q.IN_LABEL_STUDIO) if s.ls_task_id is not None
+            s.ls_task_id
+            for s in samples
+            if s.ls_task_id is not None and s.state in (q.IN_LABEL_STUDIO, q.INGESTED)
         }
-        waiting.update({s.ls_task_id: s for s in self.queue.in_state(q.INGESTED) if s.ls_task_id is not None})
-        if not waiting:
+        if not any(s.ls_task_id is not None for s in samples):
             return 0
         moved = 0
         try:
-            latest = adapters.latest_annotations(self.ls, list(waiting))
+            tasks = adapters.project_tasks(self.ls)
         except Exception as exc:  # noqa: BLE001 - Label Studio down: try again next poll
             log.warning("polling Label Studio failed: %s", exc)
             return 0
-        for task_id, (annotation_id, updated_at) in latest.items():
-            if self.annotation_event(task_id, annotation_id, updated_at) == q.LABELLED:
-                moved += 1
+        for task in tasks:
+            if task.task_id in waiting and task.newest is not None:
+                if self.annotation_event(task.task_id, *task.newest) == q.LABELLED:
+                    moved += 1
+        for plan in plan_strays(tasks, samples):
+            try:
+                settle(self, plan)
+            except Exception as exc:  # noqa: BLE001 - the next poll tries again
+                log.warning("%s: settling its second Label Studio tasks failed: %s", plan.sample_id, exc)
         return moved
 
 
@@ -282,7 +294,8 @@ def push(service: AnnotationService, sample: q.Sample) -> None:
     exists and creates it without reading the project's tasks. One that finds an earlier
     start (a replica died, or its request timed out, between sending the task and storing
     its id) lets that request settle (``push_settle_s``: Label Studio finishes a request
-    whose client has gone), then looks the image up in Label Studio before creating one."""
+    whose client has gone), then looks the image up in Label Studio before creating one.
+    Should that request commit later still, the poll deletes the extra task (:mod:`.strays`)."""
     from sedna_sam.cloud import adapters
 
     task_id = sample.ls_task_id
