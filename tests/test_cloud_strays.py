@@ -18,6 +18,7 @@ from fixtures_cloud import local_service_config
 from fixtures_labelstudio import LabelStudioRest
 
 from sedna_sam.cloud import samples as q
+from sedna_sam.cloud.adapters import image_task_key
 from sedna_sam.cloud.config import PreAnnotationOptions
 from sedna_sam.cloud.queue import open_queue
 from sedna_sam.cloud.service import AnnotationService
@@ -35,12 +36,15 @@ def _sample(queue, sample_id: str, task_id: int | None) -> q.Sample:
     return queue.get(sample_id)
 
 
-def _task(task_id: int, stem: str, annotated: bool = False) -> TaskSummary:
-    return TaskSummary(task_id, stem, (900 + task_id, "2026-11-30T10:00:00Z") if annotated else None)
+def _task(task_id: int, stem: str, annotated: bool = False, folder: str = "/data/raw_data") -> TaskSummary:
+    """A listed task showing ``<folder>/<stem>.png``, keyed as the service keys its own."""
+    key = image_task_key(f"{folder}/{stem}.png")
+    return TaskSummary(task_id, key, (900 + task_id, "2026-11-30T10:00:00Z") if annotated else None)
 
 
 @pytest.fixture
-def queue(tmp_path):
+def queue(tmp_path, monkeypatch):
+    monkeypatch.setenv("LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT", "/data")
     queue = open_queue(f"sqlite:///{tmp_path}/queue.sqlite")
     yield queue
     queue.close()
@@ -48,34 +52,43 @@ def queue(tmp_path):
 
 def test_an_unannotated_second_task_is_deleted_and_the_own_task_kept(queue):
     s = _sample(queue, "a", 10)
-    (plan,) = plan_strays([_task(10, "a"), _task(11, "a"), _task(12, "other")], [s])
+    (plan,) = plan_strays([_task(10, "a"), _task(11, "a"), _task(12, "other")], [s], image_task_key)
     assert (plan.keep.task_id, plan.delete, plan.conflicts, plan.adopts) == (10, [11], [], False)
 
 
 def test_the_annotated_task_is_kept_whichever_it_is(queue):
     s = _sample(queue, "a", 10)
-    (plan,) = plan_strays([_task(10, "a"), _task(11, "a", annotated=True), _task(12, "a")], [s])
+    (plan,) = plan_strays(
+        [_task(10, "a"), _task(11, "a", annotated=True), _task(12, "a")], [s], image_task_key
+    )
     assert (plan.keep.task_id, plan.delete, plan.conflicts, plan.adopts) == (11, [10, 12], [], True)
-    (plan,) = plan_strays([_task(10, "a", annotated=True), _task(11, "a")], [s])
+    (plan,) = plan_strays([_task(10, "a", annotated=True), _task(11, "a")], [s], image_task_key)
     assert (plan.keep.task_id, plan.delete, plan.adopts) == (10, [11], False)
 
 
 def test_two_annotated_tasks_are_both_kept_for_a_person(queue):
     s = _sample(queue, "a", 10)
-    (plan,) = plan_strays([_task(10, "a", annotated=True), _task(11, "a", annotated=True)], [s])
+    (plan,) = plan_strays(
+        [_task(10, "a", annotated=True), _task(11, "a", annotated=True)], [s], image_task_key
+    )
     assert (plan.keep.task_id, plan.delete, plan.conflicts, plan.adopts) == (10, [], [11], False)
 
 
 def test_a_sample_whose_own_task_is_gone_adopts_the_one_left(queue):
     s = _sample(queue, "a", 10)
-    (plan,) = plan_strays([_task(13, "a"), _task(11, "a")], [s])
+    (plan,) = plan_strays([_task(13, "a"), _task(11, "a")], [s], image_task_key)
     assert (plan.keep.task_id, plan.delete, plan.adopts) == (11, [13], True)
 
 
 def test_nothing_to_do_for_one_task_each_or_a_push_in_progress(queue):
     samples = [_sample(queue, "a", 10), _sample(queue, "b", 20), _sample(queue, "c", None)]
     # "c" has no stored task yet: its push may be the one that made task 30
-    assert plan_strays([_task(10, "a"), _task(20, "b"), _task(30, "c")], samples) == []
+    assert plan_strays([_task(10, "a"), _task(20, "b"), _task(30, "c")], samples, image_task_key) == []
+    # the same file name in another folder of the document root is another image
+    assert (
+        plan_strays([_task(10, "a"), _task(11, "a", folder="/data/other/raw_data")], samples, image_task_key)
+        == []
+    )
 
 
 def test_summaries_read_the_listing_as_label_studio_returns_it():
@@ -87,8 +100,12 @@ def test_summaries_read_the_listing_as_label_studio_returns_it():
             {"id": 2, "updated_at": "2026-11-30T11:00:00Z", "was_cancelled": True, "result": []},
         ],
     }
-    assert summarize_task(task) == TaskSummary(7, "frame 1", (1, "2026-11-30T10:00:00Z"))
-    assert summarize_task({"id": 8, "data": {"image": "/data/local-files/?d="}}) == TaskSummary(8, "", None)
+    assert summarize_task(task) == TaskSummary(
+        7, "local:ds/raw_data/frame 1.png", (1, "2026-11-30T10:00:00Z")
+    )
+    assert summarize_task({"id": 8, "data": {"image": "s3://bucket/x.png"}}) == TaskSummary(
+        8, "s3://bucket/x.png", None
+    )
 
 
 # -- on a real Label Studio ----------------------------------------------------------

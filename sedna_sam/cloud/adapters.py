@@ -177,6 +177,19 @@ def write_task(layout: DatasetLayout, image: Path, class_map, labels) -> dict[st
     return task
 
 
+def image_task_key(image: str | Path) -> str | None:
+    """The ``task_key`` of the task :func:`write_task` makes for ``image`` (how a push's
+    lookup and the poll's stray search recognise it); None for an image outside Label
+    Studio's document root, which no task of the service can show."""
+    from sedna_sam.errors import InputError
+    from sedna_sam.formats.ls_images import image_url, task_key
+
+    try:
+        return task_key({"data": {"image": image_url(image)}})
+    except InputError:
+        return None
+
+
 def trainids_from_task(task: dict[str, Any], dataset_dir: Path, labels) -> Path:
     """Rasterize the newest non-cancelled annotation of one Label Studio task (as the API
     returns it: ``{"id", "data", "annotations": [...]}``) to ``train_ids/<stem>_TrainIds.png``."""
@@ -346,7 +359,7 @@ def write_trainids_from_task(
 
 
 def project_tasks(ls: LabelStudioProject) -> list:
-    """Every task of the project, summarized (id, image stem, newest submitted annotation:
+    """Every task of the project, summarized (id, image key, newest submitted annotation:
     :class:`sedna_sam.cloud.strays.TaskSummary`), from one paged listing."""
     from sedna_sam.cloud.strays import summarize_task
 

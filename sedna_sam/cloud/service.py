@@ -260,7 +260,7 @@ class AnnotationService:
             if task.task_id in waiting and task.newest is not None:
                 if self.annotation_event(task.task_id, *task.newest) == q.LABELLED:
                     moved += 1
-        for plan in plan_strays(tasks, samples):
+        for plan in plan_strays(tasks, samples, adapters.image_task_key):
             try:
                 settle(self, plan)
             except Exception as exc:  # noqa: BLE001 - the next poll tries again

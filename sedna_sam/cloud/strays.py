@@ -9,7 +9,8 @@ the sample ends up with two. No client-side wait can rule this out, so the servi
 it afterwards: the queue keeps the task id stored first (the sample's *own* task) and the
 poll, which pages through the project's tasks anyway, settles the others.
 
-Per sample whose own task is known, among the project's tasks that show its image:
+Per sample whose own task is known, among the project's tasks that show its image (the
+same ``task_key`` a push looks up):
 
 - the own task is kept while it is in the project and either annotated or the only
   annotated one's rival is not (a person's work is never deleted);
@@ -24,12 +25,9 @@ Per sample whose own task is known, among the project's tasks that show its imag
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
-
-from sedna_sam.storage import image_stem
 
 if TYPE_CHECKING:
     from sedna_sam.cloud.samples import Sample
@@ -40,28 +38,23 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class TaskSummary:
-    """What the poll keeps of one task of the listing: its id, the dataset stem of its
-    image ('' when it names none that parses) and its newest submitted annotation as
+    """What the poll keeps of one task of the listing: its id, its image's
+    :func:`~sedna_sam.formats.ls_images.task_key` and its newest submitted annotation as
     ``(annotation id, updated_at)`` (None: not annotated)."""
 
     task_id: int
-    stem: str
+    key: str
     newest: tuple[int, str | None] | None
 
 
 def summarize_task(task: dict[str, Any]) -> TaskSummary:
     """A task as Label Studio's task listing returns it -> :class:`TaskSummary`."""
-    from sedna_sam.errors import InputError
     from sedna_sam.formats.ls_export import latest_annotation
-    from sedna_sam.formats.ls_images import stem_of_ref
+    from sedna_sam.formats.ls_images import task_key
 
-    try:
-        stem = stem_of_ref(str((task.get("data") or {}).get("image", "")))
-    except InputError:
-        stem = ""
     newest = latest_annotation(task.get("annotations"))
     annotation = None if newest is None else (int(newest["id"]), newest.get("updated_at"))
-    return TaskSummary(int(task["id"]), stem, annotation)
+    return TaskSummary(int(task["id"]), task_key(task), annotation)
 
 
 @dataclass(frozen=True)
@@ -79,21 +72,25 @@ class StrayPlan:
         return self.keep.task_id != self.own_task_id
 
 
-def plan_strays(tasks: Iterable[TaskSummary], samples: Iterable[Sample]) -> list[StrayPlan]:
+def plan_strays(
+    tasks: Iterable[TaskSummary], samples: Iterable[Sample], image_key: Callable[[str], str | None]
+) -> list[StrayPlan]:
     """Plans for the samples of ``samples`` with a stored task id whose image shows in
-    more than one of ``tasks``, or in some but not in its own. ``samples`` must be read
-    before the listing was made: a task stored after it may be missing from it."""
+    more than one of ``tasks``, or in some but not in its own; ``image_key(image_path)``
+    is the key of the task made for that image (None: none can show it). ``samples`` must
+    be read before the listing was made: a task stored after it may be missing from it."""
     own: dict[str, Sample] = {}
     for s in samples:
-        if s.ls_task_id is not None and s.image_path:
-            own[image_stem(Path(s.image_path).name)] = s
-    by_stem: dict[str, list[TaskSummary]] = {}
+        key = image_key(s.image_path) if s.ls_task_id is not None and s.image_path else None
+        if key is not None:
+            own[key] = s
+    by_key: dict[str, list[TaskSummary]] = {}
     for t in tasks:
-        if t.stem in own:
-            by_stem.setdefault(t.stem, []).append(t)
+        if t.key in own:
+            by_key.setdefault(t.key, []).append(t)
     plans = []
-    for stem, found in sorted(by_stem.items()):
-        sample = own[stem]
+    for key, found in sorted(by_key.items()):
+        sample = own[key]
         mine = [t for t in found if t.task_id == sample.ls_task_id]
         others = sorted((t for t in found if t.task_id != sample.ls_task_id), key=lambda t: t.task_id)
         if not others:
