@@ -1445,6 +1445,15 @@ class SednaCluster:
                         f"{oct(os.stat(ancestor).st_mode & 0o777)}): pods run as their template's uid, "
                         "so root must be e.g. tempfile.mkdtemp() + chmod 0o755 (pytest's tmp_path is 0700)"
                     )
+            for entry in filter(os.path.isdir, self.extra_env.get("PATH", "").split(":")):
+                for ancestor in (Path(entry), *Path(entry).parents):
+                    if not os.stat(ancestor).st_mode & stat.S_IXOTH:
+                        raise EmulatorError(
+                            f"{entry}, on the image's PATH, is in {ancestor}, which other users cannot "
+                            f"traverse (mode {oct(os.stat(ancestor).st_mode & 0o777)}): pods run as their "
+                            "template's uid and could not run it; keep the project's checkout (its venv "
+                            "plays the image) out of a private directory such as mktemp -d's"
+                        )
 
     def _make_prefix(self) -> None:
         """``P + str(root)`` is a symlink to root, so ``P + <host path>`` names the host path."""
@@ -2525,8 +2534,21 @@ class SednaCluster:
         if "/" not in argv[0]:
             resolved = shutil.which(argv[0], path=env["PATH"])
             if resolved is None:
+                # An image ENV PATH entry under an emptyDir mountPath is hidden in the pod, as in
+                # a container; here that is the tests' venv standing in for the image's software.
+                hidden = [
+                    d
+                    for d in self.extra_env.get("PATH", "").split(":")
+                    if d and _rewrite_prefix(d, empty_dirs) != d
+                ]
+                why = (
+                    f"; the image's PATH entries {hidden} lie under an emptyDir mountPath, which hides them "
+                    "in the pod (the tests' venv plays the image: keep the project's checkout out of /tmp)"
+                    if hidden
+                    else ""
+                )
                 raise PodStartError(
-                    f"pod {pod.name}: exec {argv[0]!r}: executable file not found in $PATH ({env['PATH']})"
+                    f"pod {pod.name}: exec {argv[0]!r}: executable file not found in $PATH ({env['PATH']}){why}"
                 )
             argv[0] = resolved
         working_dir = container.get("workingDir")

@@ -491,6 +491,20 @@ def test_run_as_non_root_refuses_a_uid_0_init_container(layout: Layout) -> None:
             cluster.advance()
 
 
+def test_an_image_path_under_an_emptydir_mount_is_hidden_and_the_error_says_so(layout: Layout) -> None:
+    """The image's PATH entry under a template's emptyDir mountPath is not found in the pod,
+    as in a container, and the start error names the entry and the mount as the reason."""
+    cache = {
+        "volumeMounts": [{"name": "cache", "mountPath": "/cache"}],
+        "volumes": [{"name": "cache", "emptyDir": {}}],
+    }
+    job, dataset = make_objects(layout, train=template(TRAIN, command="python", **cache))
+    append_lines(layout.dataset, [f"a{i}" for i in range(10)])
+    with SednaCluster(layout.root, job, dataset, KB_SERVER, {"PATH": "/cache/venv/bin"}) as cluster:
+        with pytest.raises(PodStartError, match=r"\['/cache/venv/bin'\] lie under an emptyDir mountPath"):
+            cluster.advance()
+
+
 def test_inference_pod_needs_the_deploy_dir_and_is_killed_after_its_grace(layout: Layout) -> None:
     """createInferPod mounts <outputDir>/deploy/ as type Directory (LC creates it on the first
     deploy); a pod that ignores SIGTERM is SIGKILLed after the grace period."""
